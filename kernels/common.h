@@ -1,0 +1,54 @@
+// Shared by the dispatching headers kernels/x.h. Each op family has:
+//   kernels/x.h         Tensor-level functions: check shapes/dtypes/devices,
+//                       then call the CPU or the CUDA version below;
+//   kernels/cpu/x.cpp   namespace cpu: plain fp32 loops, the test oracle;
+//   kernels/cuda/x.cu   namespace cuda: the fast version, f32 and bf16.
+// Both take raw pointers, sizes and (CUDA) a stream; neither allocates.
+#pragma once
+
+#include <string>
+
+#include "runtime/core/error.h"
+#include "runtime/core/tensor.h"
+
+namespace tandem::kernels {
+
+[[noreturn]] inline void no_cuda_build() {
+  throw UserError("a CUDA tensor reached a kernel, but this build has no CUDA (rebuild with -DTANDEM_CUDA=ON)");
+}
+
+inline void check_same_device(const Tensor& a, const Tensor& b, const char* op) {
+  TANDEM_CHECK(a.device() == b.device(), std::string(op) + ": tensors on " + a.device().str() +
+                                             " and " + b.device().str());
+}
+
+// Activations and weights: f32 anywhere, bf16 on CUDA only (the CPU path is
+// the fp32 reference).
+inline void check_float(const Tensor& t, const char* op) {
+  TANDEM_CHECK(t.defined(), std::string(op) + ": undefined tensor");
+  bool ok = t.dtype() == DType::f32 || (t.dtype() == DType::bf16 && t.device().is_cuda());
+  TANDEM_CHECK(ok, std::string(op) + ": unsupported dtype " + dtype_name(t.dtype()) + " on " +
+                       t.device().str());
+}
+
+inline void check_same_float(const Tensor& a, const Tensor& b, const char* op) {
+  check_float(a, op);
+  check_same_device(a, b, op);
+  TANDEM_CHECK(a.dtype() == b.dtype(), std::string(op) + ": dtypes " + dtype_name(a.dtype()) +
+                                           " and " + dtype_name(b.dtype()));
+}
+
+inline void check_numel(const Tensor& t, int64_t n, const char* op) {
+  TANDEM_CHECK(t.numel() == n, std::string(op) + ": expected " + std::to_string(n) +
+                                   " elements, got " + shape_str(t.shape()));
+}
+
+}  // namespace tandem::kernels
+
+// Calls a kernels::cuda function in a CUDA build; throws in a CPU-only one,
+// where the cuda:: functions are declared but not defined.
+#if TANDEM_HAS_CUDA
+#define TANDEM_CUDA_ONLY(...) __VA_ARGS__
+#else
+#define TANDEM_CUDA_ONLY(...) ::tandem::kernels::no_cuda_build()
+#endif

@@ -1,0 +1,101 @@
+// Helpers shared by the tests: fresh random inputs, float64 comparisons and
+// the sizes every kernel test walks through.
+#pragma once
+
+#include <catch2/catch.hpp>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <random>
+#include <vector>
+
+#include "runtime/core/tensor.h"
+
+namespace tandem::testing {
+
+// Odd sizes on purpose: 1, a prime below a warp, one past a warp, and one
+// that is not a multiple of any block size.
+inline const std::vector<int64_t> kOddSizes = {1, 7, 33, 1000, 1031};
+
+// A fresh seed per call (std::random_device), printed by Catch on failure
+// through INFO at the call site, so a failing draw can be replayed.
+inline uint64_t fresh_seed() { return (static_cast<uint64_t>(std::random_device{}()) << 32) | std::random_device{}(); }
+
+// Uniform values in [lo, hi) from `seed`.
+inline std::vector<float> random_vector(int64_t n, uint64_t seed, float lo = -1.f, float hi = 1.f) {
+  std::mt19937_64 gen(seed);
+  std::uniform_real_distribution<float> dist(lo, hi);
+  std::vector<float> v(n);
+  for (auto& x : v) x = dist(gen);
+  return v;
+}
+
+inline Tensor random_tensor(Shape shape, uint64_t seed, float lo = -1.f, float hi = 1.f) {
+  return Tensor::from_vector(random_vector(shape_numel(shape), seed, lo, hi), shape);
+}
+
+// Relative error ||a - b|| / ||b|| in float64; NaN anywhere gives NaN, so
+// REQUIRE(rel_error(...) <= tol) fails on NaN (STYLE.md, habit to avoid 2).
+template <typename A, typename B>
+double rel_error(const A& a, const B& b) {
+  REQUIRE(a.size() == b.size());
+  double diff = 0, ref = 0;
+  for (size_t i = 0; i < a.size(); i++) {
+    double d = static_cast<double>(a[i]) - static_cast<double>(b[i]);
+    diff += d * d;
+    ref += static_cast<double>(b[i]) * static_cast<double>(b[i]);
+  }
+  if (ref == 0) return std::sqrt(diff);
+  return std::sqrt(diff / ref);
+}
+
+template <typename A>
+bool all_finite(const A& a) {
+  for (auto x : a)
+    if (!std::isfinite(static_cast<double>(x))) return false;
+  return true;
+}
+
+// Max |a - b| in float64; NaN gives NaN.
+template <typename A, typename B>
+double max_abs_diff(const A& a, const B& b) {
+  REQUIRE(a.size() == b.size());
+  double m = 0;
+  for (size_t i = 0; i < a.size(); i++) {
+    double d = std::fabs(static_cast<double>(a[i]) - static_cast<double>(b[i]));
+    if (std::isnan(d)) return d;
+    m = std::max(m, d);
+  }
+  return m;
+}
+
+// Rounds every value through bf16, in place: the inputs a bf16 kernel sees.
+inline std::vector<float> rounded_to_bf16(std::vector<float> v) {
+  for (auto& x : v) x = round_to_bf16(x);
+  return v;
+}
+
+// A tensor of `dtype` (f32 or bf16) on `device` holding `values`.
+inline Tensor make_tensor(const std::vector<float>& values, Shape shape, DType dtype, Device device) {
+  Tensor host = Tensor::empty(shape, dtype, Device::cpu());
+  REQUIRE(static_cast<int64_t>(values.size()) == host.numel());
+  if (dtype == DType::f32) {
+    std::copy(values.begin(), values.end(), host.data_as<float>());
+  } else {
+    REQUIRE(dtype == DType::bf16);
+    uint16_t* p = host.data_as<uint16_t>();
+    for (size_t i = 0; i < values.size(); i++) p[i] = f32_to_bf16(values[i]);
+  }
+  return device.is_cpu() ? host : host.to(device);
+}
+
+// An i32 tensor on `device` holding `values`.
+inline Tensor make_int_tensor(const std::vector<int32_t>& values, Shape shape, Device device = Device::cpu()) {
+  Tensor host = Tensor::empty(shape, DType::i32, Device::cpu());
+  REQUIRE(static_cast<int64_t>(values.size()) == host.numel());
+  std::copy(values.begin(), values.end(), host.data_as<int32_t>());
+  return device.is_cpu() ? host : host.to(device);
+}
+
+}  // namespace tandem::testing
