@@ -1,6 +1,6 @@
 // ReLU and GELU (tanh form, as GPT-2), forward and backward.
-// Backward accumulates: dinp += dout * f'(inp) (llm.c's convention: gradient
-// buffers are zeroed once per step and every backward adds into them).
+// Backward overwrites the input gradient: dinp = dout * f'(inp). See Note
+// [Gradient writes] in kernels/common.h.
 #pragma once
 
 #include "kernels/common.h"
@@ -37,7 +37,7 @@ inline void activation_forward(Activation act, const Tensor& out, const Tensor& 
   }
 }
 
-// dinp += dout * f'(inp).
+// dinp = dout * f'(inp); dinp may alias dout.
 inline void activation_backward(Activation act, const Tensor& dinp, const Tensor& inp, const Tensor& dout,
                                 const Stream& stream) {
   check_same_float(dinp, inp, "activation_backward");

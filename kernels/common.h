@@ -4,6 +4,12 @@
 //   kernels/cpu/x.cpp   namespace cpu: plain fp32 loops, the test oracle;
 //   kernels/cuda/x.cu   namespace cuda: the fast version, f32 and bf16.
 // Both take raw pointers, sizes and (CUDA) a stream; neither allocates.
+//
+// Note [Gradient writes]: backward kernels OVERWRITE gradients of their
+// inputs (activations: dinp = ...) and ACCUMULATE into gradients of
+// parameters (dweight += ..., dbias += ...). Parameter gradients are zeroed
+// once per optimizer step, so micro-batches (gradient accumulation) simply
+// add up; activation gradients need no zeroing at all.
 #pragma once
 
 #include <string>

@@ -15,7 +15,7 @@ void relu_forward(float* out, const float* inp, int64_t n) {
 }
 
 void relu_backward(float* dinp, const float* inp, const float* dout, int64_t n) {
-  for (int64_t i = 0; i < n; i++) dinp[i] += inp[i] > 0.f ? dout[i] : 0.f;
+  for (int64_t i = 0; i < n; i++) dinp[i] = inp[i] > 0.f ? dout[i] : 0.f;
 }
 
 // gelu(x) = 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))
@@ -33,7 +33,7 @@ void gelu_backward(float* dinp, const float* inp, const float* dout, int64_t n) 
     float t = std::tanh(u);
     float sech2 = 1.f - t * t;
     float du = kSqrt2OverPi * (1.f + 3.f * kGeluCubic * x * x);
-    dinp[i] += dout[i] * (0.5f * (1.f + t) + 0.5f * x * sech2 * du);
+    dinp[i] = dout[i] * (0.5f * (1.f + t) + 0.5f * x * sech2 * du);
   }
 }
 

@@ -36,7 +36,7 @@ __global__ void forward_kernel(T* out, const T* inp, int64_t n) {
 template <typename Op, typename T>
 __global__ void backward_kernel(T* dinp, const T* inp, const T* dout, int64_t n) {
   for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x)
-    dinp[i] = from_float<T>(to_float(dinp[i]) + to_float(dout[i]) * Op::df(to_float(inp[i])));
+    dinp[i] = from_float<T>(to_float(dout[i]) * Op::df(to_float(inp[i])));
 }
 
 template <typename Op>

@@ -19,7 +19,7 @@ TEST_CASE("cpu activations match float64 formulas", "[kernels][activation]") {
     Tensor x = random_tensor({n}, seed, -4.f, 4.f);
     Tensor dout = random_tensor({n}, seed + 1);
     Tensor y = Tensor::empty({n}, DType::f32, Device::cpu());
-    Tensor dx = random_tensor({n}, seed + 2);  // backward adds into what is there
+    Tensor dx = random_tensor({n}, seed + 2);  // backward must overwrite this
     std::vector<float> dx0 = dx.to_vector(), xv = x.to_vector(), dv = dout.to_vector();
 
     for (Activation act : {Activation::relu, Activation::gelu}) {
@@ -31,11 +31,11 @@ TEST_CASE("cpu activations match float64 formulas", "[kernels][activation]") {
         double v = xv[i];
         if (act == Activation::relu) {
           y64[i] = v > 0 ? v : 0;
-          dx64[i] = dx0[i] + (v > 0 ? dv[i] : 0.0);
+          dx64[i] = v > 0 ? dv[i] : 0.0;
         } else {
           const double h = 1e-5;  // derivative by central difference in float64
           y64[i] = gelu64(v);
-          dx64[i] = dx0[i] + dv[i] * (gelu64(v + h) - gelu64(v - h)) / (2 * h);
+          dx64[i] = dv[i] * (gelu64(v + h) - gelu64(v - h)) / (2 * h);
         }
       }
       REQUIRE(rel_error(y.to_vector(), y64) <= 1e-6);
