@@ -22,7 +22,12 @@ Device parse_device(std::string_view text) {
     if (ec == std::errc() && end == digits.data() + digits.size() && index >= 0)
       return Device::cuda(index);
   }
-  throw UserError(fmt::format("unknown device '{}' (expected cpu, cuda or cuda:N)", text));
+  throw UserError(fmt::format("unknown device '{}' (expected cpu, cuda, cuda:N or auto)", text));
+}
+
+Device resolve_device(std::string_view text) {
+  if (text == "auto") return cuda_device_count() > 0 ? Device::cuda(0) : Device::cpu();
+  return parse_device(text);
 }
 
 void require_cuda(const char* what) {

@@ -22,6 +22,9 @@ struct Device {
 // Parses "cpu", "cuda", "cuda:N"; throws UserError otherwise.
 Device parse_device(std::string_view text);
 
+// Like parse_device, plus "auto": the first GPU when one is usable, else cpu.
+Device resolve_device(std::string_view text);
+
 // True when tandem was built with CUDA (TANDEM_CUDA on).
 bool cuda_built();
 // Number of usable CUDA devices; 0 without a build or a GPU (never throws).

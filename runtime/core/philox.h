@@ -28,13 +28,12 @@ TANDEM_HOST_DEVICE uint32_t philox_mulhilo(uint32_t a, uint32_t b, uint32_t* hi)
   return static_cast<uint32_t>(product);
 }
 
-// Four 32-bit random words for counter `counter` under key `seed`.
-TANDEM_HOST_DEVICE Philox4 philox4x32(uint64_t counter, uint64_t seed) {
+// Philox-4x32-10 on a full 128-bit counter and 64-bit key (the form the
+// reference test vectors use).
+TANDEM_HOST_DEVICE Philox4 philox4x32_10(Philox4 ctr, uint32_t k0, uint32_t k1) {
   constexpr uint32_t kMul0 = 0xD2511F53u, kMul1 = 0xCD9E8D57u;  // round multipliers
   constexpr uint32_t kWeyl0 = 0x9E3779B9u, kWeyl1 = 0xBB67AE85u;  // key schedule
-  uint32_t c0 = static_cast<uint32_t>(counter), c1 = static_cast<uint32_t>(counter >> 32);
-  uint32_t c2 = 0, c3 = 0;
-  uint32_t k0 = static_cast<uint32_t>(seed), k1 = static_cast<uint32_t>(seed >> 32);
+  uint32_t c0 = ctr.v[0], c1 = ctr.v[1], c2 = ctr.v[2], c3 = ctr.v[3];
   for (int round = 0; round < 10; round++) {
     uint32_t hi0, hi1;
     uint32_t lo0 = philox_mulhilo(kMul0, c0, &hi0);
@@ -48,6 +47,12 @@ TANDEM_HOST_DEVICE Philox4 philox4x32(uint64_t counter, uint64_t seed) {
     k1 += kWeyl1;
   }
   return {{c0, c1, c2, c3}};
+}
+
+// Four 32-bit random words for counter `counter` under key `seed`.
+TANDEM_HOST_DEVICE Philox4 philox4x32(uint64_t counter, uint64_t seed) {
+  Philox4 ctr = {{static_cast<uint32_t>(counter), static_cast<uint32_t>(counter >> 32), 0u, 0u}};
+  return philox4x32_10(ctr, static_cast<uint32_t>(seed), static_cast<uint32_t>(seed >> 32));
 }
 
 // A float in [0, 1) from 24 random bits (exact in fp32 on every device).

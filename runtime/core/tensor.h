@@ -74,7 +74,8 @@ class Tensor {
   // With a CUDA stream the copy is asynchronous on that stream.
   void copy_from(const Tensor& src, const Stream& stream = Stream()) const;
   void zero(const Stream& stream = Stream()) const;
-  // A new contiguous copy on `device` (synchronous).
+  // A new contiguous copy on `device`. Synchronous, on the legacy default
+  // stream: work queued on a non-blocking stream must be synchronized first.
   Tensor to(Device device) const;
   // The values as floats on the host (f32 and bf16 only); synchronous.
   std::vector<float> to_vector() const;

@@ -1,0 +1,58 @@
+#include "models/mlp/mlp.h"
+
+#include <fmt/format.h>
+
+#include "runtime/config.h"
+#include "runtime/core/error.h"
+
+namespace tandem::models {
+
+MlpOptions parse_mlp_options(const toml::table& table, int64_t in_features, int64_t classes, const std::string& where) {
+  check_keys(table, {"hidden", "activation", "dropout"}, where + " [mlp]");
+  MlpOptions o;
+  o.in_features = in_features;
+  o.classes = classes;
+  if (const toml::node* n = table.get("hidden")) {
+    const toml::array* a = n->as_array();
+    if (!a) throw UserError(fmt::format("mlp.hidden in {} must be an array of widths, e.g. [256, 128]", where));
+    o.hidden.clear();
+    for (const toml::node& w : *a) {
+      if (!w.is_integer() || w.value<int64_t>().value() <= 0)
+        throw UserError(fmt::format("mlp.hidden in {} must hold positive integers", where));
+      o.hidden.push_back(w.value<int64_t>().value());
+    }
+  }
+  if (const toml::node* n = table.get("activation")) {
+    o.activation = n->value<std::string>().value_or("");
+    if (o.activation != "relu" && o.activation != "gelu")
+      throw UserError(fmt::format("mlp.activation in {} is '{}'; expected relu or gelu", where, o.activation));
+  }
+  if (const toml::node* n = table.get("dropout")) {
+    if (!n->is_number()) throw UserError(fmt::format("mlp.dropout in {} must be a number", where));
+    o.dropout = static_cast<float>(n->value<double>().value());
+    if (!(o.dropout >= 0.f && o.dropout < 1.f))
+      throw UserError(fmt::format("mlp.dropout in {} must be in [0, 1), got {}", where, o.dropout));
+  }
+  return o;
+}
+
+Mlp::Mlp(const MlpOptions& o) {
+  int index = 0;  // position in the Sequential, as PyTorch numbers it
+  int64_t width = o.in_features;
+  for (int64_t h : o.hidden) {
+    net.add(std::make_unique<Linear>(params, fmt::format("layers.{}", index++), width, h));
+    if (o.activation == "gelu")
+      net.add(std::make_unique<GELU>());
+    else
+      net.add(std::make_unique<ReLU>());
+    index++;
+    if (o.dropout > 0.f) {
+      net.add(std::make_unique<Dropout>(o.dropout));
+      index++;
+    }
+    width = h;
+  }
+  net.add(std::make_unique<Linear>(params, fmt::format("layers.{}", index), width, o.classes));
+}
+
+}  // namespace tandem::models

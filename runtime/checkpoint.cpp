@@ -1,0 +1,88 @@
+#include "runtime/checkpoint.h"
+
+#include <fmt/format.h>
+#include <zlib.h>
+
+#include <filesystem>
+#include <fstream>
+
+#include "runtime/core/error.h"
+
+namespace tandem {
+
+namespace fs = std::filesystem;
+using json = nlohmann::json;
+
+namespace {
+
+constexpr const char* kFormat = "tandem-checkpoint-v1";
+
+uint32_t file_crc32(const fs::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw UserError(fmt::format("cannot read {}", path.string()));
+  uLong crc = crc32(0L, Z_NULL, 0);
+  std::vector<char> buf(1 << 20);
+  while (in) {
+    in.read(buf.data(), static_cast<std::streamsize>(buf.size()));
+    crc = crc32(crc, reinterpret_cast<const Bytef*>(buf.data()), static_cast<uInt>(in.gcount()));
+  }
+  return static_cast<uint32_t>(crc);
+}
+
+}  // namespace
+
+std::string checkpoint_path(const std::string& dir, int64_t step) {
+  return (fs::path(dir) / fmt::format("step_{:08d}", step)).string();
+}
+
+std::string save_checkpoint(const std::string& dir, const CheckpointData& data) {
+  fs::path final_dir = checkpoint_path(dir, data.step);
+  fs::path tmp_dir = fs::path(dir) / fmt::format(".step_{:08d}.tmp", data.step);
+  std::error_code ec;
+  fs::create_directories(dir, ec);
+  if (ec) throw UserError(fmt::format("cannot create checkpoint directory {}: {}", dir, ec.message()));
+  fs::remove_all(tmp_dir);
+  fs::create_directories(tmp_dir);
+
+  write_safetensors((tmp_dir / "model.safetensors").string(), data.model, {{"format", "pt"}});
+  write_safetensors((tmp_dir / "optimizer.safetensors").string(), data.optimizer);
+
+  json manifest = data.info;
+  manifest["format"] = kFormat;
+  manifest["step"] = data.step;
+  json files = json::object();
+  for (const char* name : {"model.safetensors", "optimizer.safetensors"}) {
+    fs::path p = tmp_dir / name;
+    files[name] = {{"bytes", fs::file_size(p)}, {"crc32", file_crc32(p)}};
+  }
+  manifest["files"] = files;
+  {
+    std::ofstream out(tmp_dir / "manifest.json");
+    out << manifest.dump(2) << "\n";
+    if (!out) throw UserError(fmt::format("error writing {}/manifest.json", tmp_dir.string()));
+  }
+  fs::remove_all(final_dir);
+  fs::rename(tmp_dir, final_dir);
+  return final_dir.string();
+}
+
+json verify_checkpoint(const std::string& step_dir) {
+  fs::path manifest_path = fs::path(step_dir) / "manifest.json";
+  std::ifstream in(manifest_path);
+  if (!in) throw UserError(fmt::format("{} has no manifest.json: not a tandem checkpoint", step_dir));
+  json manifest = json::parse(in, nullptr, false);
+  if (!manifest.is_object() || manifest.value("format", "") != kFormat || !manifest.contains("files"))
+    throw UserError(fmt::format("{} is not a {} manifest", manifest_path.string(), kFormat));
+  for (auto& [name, entry] : manifest["files"].items()) {
+    fs::path p = fs::path(step_dir) / name;
+    if (!fs::exists(p)) throw UserError(fmt::format("checkpoint file {} is missing", p.string()));
+    if (fs::file_size(p) != entry.value("bytes", uint64_t{0}))
+      throw UserError(fmt::format("checkpoint file {} has {} bytes, the manifest says {}", p.string(),
+                                  fs::file_size(p), entry.value("bytes", uint64_t{0})));
+    if (file_crc32(p) != entry.value("crc32", uint32_t{0}))
+      throw UserError(fmt::format("checkpoint file {} fails its CRC-32 check: it is corrupt", p.string()));
+  }
+  return manifest;
+}
+
+}  // namespace tandem

@@ -1,0 +1,35 @@
+// Checkpoints: DIR/step_%08d/ holding
+//   model.safetensors      fp32 weights, one tensor per parameter, PyTorch names
+//   optimizer.safetensors  the optimizer's flat state buffers
+//   manifest.json          step, format, what else the trainer records, and
+//                          each file's size and CRC-32
+// The directory is written under a temporary name and renamed when every
+// file is on disk, so a crash never leaves a half checkpoint that looks whole.
+#pragma once
+
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+#include "runtime/safetensors.h"
+
+namespace tandem {
+
+struct CheckpointData {
+  int64_t step = 0;
+  std::vector<NamedTensor> model;
+  std::vector<NamedTensor> optimizer;
+  nlohmann::json info = nlohmann::json::object();  // config, data cursor, RNG state
+};
+
+// Writes `data` under `dir`; returns the checkpoint's directory.
+std::string save_checkpoint(const std::string& dir, const CheckpointData& data);
+
+// Reads and checks a manifest (every file present, sizes and CRC-32s match);
+// throws UserError naming the first problem. Returns the manifest.
+nlohmann::json verify_checkpoint(const std::string& step_dir);
+
+// "DIR/step_00000042"
+std::string checkpoint_path(const std::string& dir, int64_t step);
+
+}  // namespace tandem

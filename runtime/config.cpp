@@ -1,0 +1,164 @@
+#include "runtime/config.h"
+
+#include <fmt/format.h>
+
+#include <sstream>
+
+#include "runtime/core/error.h"
+
+namespace tandem {
+
+namespace {
+
+const std::vector<std::string> kTopLevelKeys = {
+    "model", "data", "data_dir", "device", "dtype", "seed", "batch_size", "epochs", "max_steps", "optimizer",
+    "lr", "lr_schedule", "min_lr_ratio", "warmup_steps", "weight_decay", "momentum", "nesterov", "beta1",
+    "beta2", "eps", "grad_clip", "log_every", "eval_every", "ckpt_every"};
+
+std::string where_key(const TrainConfig& c, const std::string& key) { return fmt::format("'{}' in {}", key, c.source); }
+
+void read(const toml::table& t, const char* key, std::string& out, const TrainConfig& c) {
+  if (const toml::node* n = t.get(key)) {
+    if (!n->is_string()) throw UserError(fmt::format("{} must be a string", where_key(c, key)));
+    out = n->value<std::string>().value();
+  }
+}
+
+void read(const toml::table& t, const char* key, int64_t& out, const TrainConfig& c, int64_t min_value) {
+  if (const toml::node* n = t.get(key)) {
+    if (!n->is_integer()) throw UserError(fmt::format("{} must be an integer", where_key(c, key)));
+    out = n->value<int64_t>().value();
+  }
+  if (out < min_value) throw UserError(fmt::format("{} must be >= {}, got {}", where_key(c, key), min_value, out));
+}
+
+void read(const toml::table& t, const char* key, double& out, const TrainConfig& c, double min_value) {
+  if (const toml::node* n = t.get(key)) {
+    if (!n->is_number()) throw UserError(fmt::format("{} must be a number", where_key(c, key)));
+    out = n->value<double>().value();
+  }
+  if (!(out >= min_value)) throw UserError(fmt::format("{} must be >= {}, got {}", where_key(c, key), min_value, out));
+}
+
+void read(const toml::table& t, const char* key, bool& out, const TrainConfig& c) {
+  if (const toml::node* n = t.get(key)) {
+    if (!n->is_boolean()) throw UserError(fmt::format("{} must be true or false", where_key(c, key)));
+    out = n->value<bool>().value();
+  }
+}
+
+void one_of(const std::string& value, std::initializer_list<const char*> allowed, const TrainConfig& c,
+            const char* key) {
+  for (const char* a : allowed)
+    if (value == a) return;
+  std::string list;
+  for (const char* a : allowed) list += (list.empty() ? "" : ", ") + std::string(a);
+  throw UserError(fmt::format("{} is '{}'; expected one of {}", where_key(c, key), value, list));
+}
+
+}  // namespace
+
+void check_keys(const toml::table& table, const std::vector<std::string>& allowed, const std::string& where) {
+  for (auto&& [key, value] : table) {
+    bool known = false;
+    for (const std::string& a : allowed) known = known || a == key.str();
+    if (!known) throw UserError(fmt::format("unknown config key '{}' in {}", key.str(), where));
+  }
+}
+
+void apply_override(toml::table& table, const std::string& assignment) {
+  size_t eq = assignment.find('=');
+  if (eq == std::string::npos || eq == 0)
+    throw UserError(fmt::format("--set expects key=value, got '{}'", assignment));
+  std::string path = assignment.substr(0, eq), text = assignment.substr(eq + 1);
+
+  toml::table* target = &table;
+  std::string key = path;
+  for (size_t dot; (dot = key.find('.')) != std::string::npos; key = key.substr(dot + 1)) {
+    std::string part = key.substr(0, dot);
+    if (!target->contains(part)) target->insert(part, toml::table{});
+    target = target->get_as<toml::table>(part);
+    if (!target) throw UserError(fmt::format("--set {}: '{}' is not a table", path, part));
+  }
+  try {
+    toml::table parsed = toml::parse("v = " + text);
+    target->insert_or_assign(key, *parsed.get("v"));
+  } catch (const toml::parse_error&) {
+    target->insert_or_assign(key, text);  // not a TOML value: a bare string
+  }
+}
+
+TrainConfig load_train_config(const std::string& path, const std::vector<std::string>& overrides) {
+  TrainConfig c;
+  c.source = path;
+  toml::table table;
+  try {
+    table = toml::parse_file(path);
+  } catch (const toml::parse_error& e) {
+    const auto& where = e.source().begin;
+    throw UserError(fmt::format("cannot read config {}: {} (line {}, column {})", path, e.description(),
+                                where.line, where.column));
+  }
+  for (const std::string& o : overrides) apply_override(table, o);
+
+  read(table, "model", c.model, c);
+  if (c.model.empty()) throw UserError(fmt::format("config {} names no model (model = \"mlp\")", path));
+  std::vector<std::string> allowed = kTopLevelKeys;
+  allowed.push_back(c.model);  // the model's own [section]
+  check_keys(table, allowed, path);
+  if (const toml::node* section = table.get(c.model)) {
+    if (!section->is_table()) throw UserError(fmt::format("'{}' in {} must be a table", c.model, path));
+    c.model_options = *section->as_table();
+  }
+
+  read(table, "data", c.data, c);
+  read(table, "data_dir", c.data_dir, c);
+  read(table, "device", c.device, c);
+  read(table, "dtype", c.dtype, c);
+  one_of(c.dtype, {"f32", "bf16"}, c, "dtype");
+  read(table, "seed", c.seed, c, 0);
+  read(table, "batch_size", c.batch_size, c, 1);
+  read(table, "epochs", c.epochs, c, 0);
+  read(table, "max_steps", c.max_steps, c, 0);
+  if (c.epochs == 0 && c.max_steps == 0) throw UserError(fmt::format("{}: set epochs or max_steps", path));
+  read(table, "optimizer", c.optimizer, c);
+  one_of(c.optimizer, {"adamw", "sgd"}, c, "optimizer");
+  read(table, "lr", c.lr, c, 0.0);
+  read(table, "lr_schedule", c.lr_schedule, c);
+  one_of(c.lr_schedule, {"cosine", "constant"}, c, "lr_schedule");
+  read(table, "min_lr_ratio", c.min_lr_ratio, c, 0.0);
+  read(table, "warmup_steps", c.warmup_steps, c, 0);
+  read(table, "weight_decay", c.weight_decay, c, 0.0);
+  read(table, "momentum", c.momentum, c, 0.0);
+  read(table, "nesterov", c.nesterov, c);
+  read(table, "beta1", c.beta1, c, 0.0);
+  read(table, "beta2", c.beta2, c, 0.0);
+  read(table, "eps", c.eps, c, 0.0);
+  if (c.beta1 >= 1.0 || c.beta2 >= 1.0) throw UserError(fmt::format("{}: beta1 and beta2 must be < 1", path));
+  read(table, "grad_clip", c.grad_clip, c, 0.0);
+  read(table, "log_every", c.log_every, c, 1);
+  read(table, "eval_every", c.eval_every, c, 0);
+  read(table, "ckpt_every", c.ckpt_every, c, 0);
+  return c;
+}
+
+std::string to_toml(const TrainConfig& c) {
+  toml::table t{{"model", c.model},       {"data", c.data},
+                {"data_dir", c.data_dir}, {"device", c.device},
+                {"dtype", c.dtype},       {"seed", c.seed},
+                {"batch_size", c.batch_size}, {"epochs", c.epochs},
+                {"max_steps", c.max_steps},   {"optimizer", c.optimizer},
+                {"lr", c.lr},             {"lr_schedule", c.lr_schedule},
+                {"min_lr_ratio", c.min_lr_ratio}, {"warmup_steps", c.warmup_steps},
+                {"weight_decay", c.weight_decay}, {"momentum", c.momentum},
+                {"nesterov", c.nesterov}, {"beta1", c.beta1},
+                {"beta2", c.beta2},       {"eps", c.eps},
+                {"grad_clip", c.grad_clip}, {"log_every", c.log_every},
+                {"eval_every", c.eval_every}, {"ckpt_every", c.ckpt_every}};
+  t.insert(c.model, c.model_options);
+  std::ostringstream out;
+  out << t;
+  return out.str();
+}
+
+}  // namespace tandem

@@ -1,0 +1,83 @@
+#include "runtime/optimizer.h"
+
+#include <cmath>
+
+#include "kernels/optimizer.h"
+#include "kernels/reduce.h"
+
+namespace tandem {
+
+Optimizer::Optimizer(const ParameterSet& params, const OptimizerConfig& config, uint64_t seed)
+    : params_(params), config_(config) {
+  TANDEM_CHECK(params.allocated(), "Optimizer needs allocated parameters");
+  if (config.name != "adamw" && config.name != "sgd")
+    throw UserError("unknown optimizer '" + config.name + "' (expected adamw or sgd)");
+  Device device = params.values().device();
+  int64_t n = params.numel();
+  if (params.values().dtype() != DType::f32)
+    master_ = Tensor::from_vector(params.initial_values(seed), {n}).to(device);
+  if (config.name == "adamw") {
+    exp_avg_ = Tensor::zeros({n}, DType::f32, device);
+    exp_avg_sq_ = Tensor::zeros({n}, DType::f32, device);
+  } else if (config.momentum != 0.f) {
+    momentum_ = Tensor::zeros({n}, DType::f32, device);
+  }
+}
+
+void Optimizer::step(float lr, float grad_scale, const Stream& stream) {
+  step_++;
+  if (config_.name == "adamw") {
+    kernels::AdamWOptions opts;
+    opts.lr = lr;
+    opts.beta1 = config_.beta1;
+    opts.beta2 = config_.beta2;
+    opts.eps = config_.eps;
+    opts.weight_decay = config_.weight_decay;
+    opts.step = step_;
+    opts.grad_scale = grad_scale;
+    kernels::adamw_step(params_.values(), master_, params_.grads(), exp_avg_, exp_avg_sq_, opts, stream);
+  } else {
+    kernels::SgdOptions opts;
+    opts.lr = lr;
+    opts.momentum = config_.momentum;
+    opts.weight_decay = config_.weight_decay;
+    opts.nesterov = config_.nesterov;
+    opts.grad_scale = grad_scale;
+    kernels::sgd_step(params_.values(), master_, params_.grads(), momentum_, opts, stream);
+  }
+}
+
+std::map<std::string, Tensor> Optimizer::state() const {
+  std::map<std::string, Tensor> out;
+  if (master_.defined()) out["master"] = master_;
+  if (exp_avg_.defined()) out["exp_avg"] = exp_avg_;
+  if (exp_avg_sq_.defined()) out["exp_avg_sq"] = exp_avg_sq_;
+  if (momentum_.defined()) out["momentum"] = momentum_;
+  return out;
+}
+
+float LrSchedule::at(int64_t step) const {
+  if (step < warmup_steps) return lr * static_cast<float>(step + 1) / static_cast<float>(warmup_steps);
+  if (!cosine) return lr;
+  int64_t decay_steps = total_steps - warmup_steps;
+  if (decay_steps <= 0) return lr;
+  double progress = std::min(1.0, static_cast<double>(step - warmup_steps) / static_cast<double>(decay_steps));
+  double coeff = 0.5 * (1.0 + std::cos(M_PI * progress));  // 1 -> 0
+  double min_lr = static_cast<double>(lr) * min_lr_ratio;
+  return static_cast<float>(min_lr + coeff * (lr - min_lr));
+}
+
+ClipResult clip_scale(const ParameterSet& params, float max_norm, const Stream& stream) {
+  Device device = params.grads().device();
+  Tensor total = Tensor::empty({1}, DType::f32, device);
+  Tensor scratch = device.is_cuda() ? Tensor::empty({kernels::kReduceScratchElems}, DType::f32, device) : Tensor();
+  kernels::norm_squared(total, params.grads(), scratch, stream);
+  stream.synchronize();
+  double norm = std::sqrt(static_cast<double>(total.to_vector()[0]));
+  float scale = 1.f;
+  // The same rule as torch.nn.utils.clip_grad_norm_: scale = max / (norm + 1e-6).
+  if (max_norm > 0.f && norm > max_norm) scale = static_cast<float>(max_norm / (norm + 1e-6));
+  return {norm, scale};
+}
+
+}  // namespace tandem

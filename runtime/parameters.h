@@ -1,0 +1,69 @@
+// Parameters and their gradients live in two flat buffers, one element type
+// each; a Parameter's value and grad are views into them (DESIGN.md: "a
+// module's tensors are views into them"). The optimizer state, DDP buckets
+// and checkpoints are then slices of the same flat buffers, never copies.
+//
+// Two phases: modules add() their parameters while the model is built, then
+// allocate() makes the buffers, binds every view and initialises the values.
+#pragma once
+
+#include <deque>
+#include <string>
+#include <vector>
+
+#include "runtime/core/tensor.h"
+
+namespace tandem {
+
+// How a parameter starts. Values come from Philox keyed by the run's seed
+// and the parameter's index, so they are the same on every device and rank.
+struct Init {
+  enum class Kind { zeros, ones, uniform, normal };
+  Kind kind = Kind::zeros;
+  float scale = 0;  // uniform: U(-scale, scale); normal: N(0, scale^2)
+
+  static Init zeros() { return {Kind::zeros, 0}; }
+  static Init ones() { return {Kind::ones, 0}; }
+  static Init uniform(float bound) { return {Kind::uniform, bound}; }
+  static Init normal(float stddev) { return {Kind::normal, stddev}; }
+};
+
+struct Parameter {
+  std::string name;  // PyTorch state_dict style: "layers.0.weight"
+  Shape shape;
+  Init init;
+  int64_t offset = 0;  // elements from the start of the flat buffers
+  Tensor value;        // view of ParameterSet::values()
+  Tensor grad;         // view of ParameterSet::grads()
+  int64_t numel() const { return shape_numel(shape); }
+};
+
+class ParameterSet {
+ public:
+  // Registers a parameter; the pointer stays valid for the set's lifetime.
+  Parameter* add(std::string name, Shape shape, Init init);
+
+  // Makes the flat buffers on `device` in `dtype`, binds every view and
+  // fills the values from `seed`. Gradients start at zero.
+  void allocate(Device device, DType dtype, uint64_t seed);
+  bool allocated() const { return values_.defined(); }
+
+  // The initial values in fp32 on the host, in flat order (what allocate
+  // writes, before any cast); the optimizer seeds its master copy from it.
+  std::vector<float> initial_values(uint64_t seed) const;
+
+  const Tensor& values() const { return values_; }
+  const Tensor& grads() const { return grads_; }
+  int64_t numel() const { return numel_; }
+  const std::deque<Parameter>& list() const { return params_; }
+  const Parameter& find(const std::string& name) const;
+
+  void zero_grads(const Stream& stream) const { grads_.zero(stream); }
+
+ private:
+  std::deque<Parameter> params_;  // deque: add() never moves earlier ones
+  int64_t numel_ = 0;
+  Tensor values_, grads_;
+};
+
+}  // namespace tandem

@@ -1,0 +1,188 @@
+#include "runtime/trainer.h"
+
+#include <fmt/format.h>
+
+#include <chrono>
+#include <cstring>
+
+#include "kernels/cast.h"
+#include "runtime/checkpoint.h"
+#include "runtime/core/log.h"
+#include "runtime/layers.h"
+#include "runtime/metrics.h"
+#include "runtime/optimizer.h"
+#include "runtime/sampler.h"
+
+namespace tandem {
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+double seconds_since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
+
+// Host staging for one batch and its device copy in the compute dtype.
+struct BatchBuffers {
+  BatchBuffers(int64_t batch, int64_t features, const Context& ctx)
+      : x_host(Tensor::empty({batch, features}, DType::f32, Device::cpu())),
+        y_host(Tensor::empty({batch}, DType::i32, Device::cpu())) {
+    if (ctx.device.is_cpu()) {
+      x = x_host;
+      y = y_host;
+      return;
+    }
+    x_f32 = Tensor::empty({batch, features}, DType::f32, ctx.device);
+    x = ctx.dtype == DType::f32 ? x_f32 : Tensor::empty({batch, features}, ctx.dtype, ctx.device);
+    y = Tensor::empty({batch}, DType::i32, ctx.device);
+  }
+
+  // Gathers samples `indices` [begin, end) of `data` and moves them to the device.
+  void load(const ImageDataset& data, const int64_t* indices, int64_t count, const Context& ctx) {
+    int64_t f = data.features();
+    float* xp = x_host.data_as<float>();
+    int32_t* yp = y_host.data_as<int32_t>();
+    for (int64_t i = 0; i < count; i++) {
+      std::memcpy(xp + i * f, data.images.data() + indices[i] * f, f * sizeof(float));
+      yp[i] = data.labels[indices[i]];
+    }
+    if (ctx.device.is_cpu()) return;
+    x_f32.copy_from(x_host, ctx.stream);
+    y.copy_from(y_host, ctx.stream);
+    if (ctx.dtype != DType::f32) kernels::cast(x, x_f32, ctx.stream);
+  }
+
+  Tensor x_host, y_host, x_f32, x, y;
+};
+
+std::vector<NamedTensor> model_tensors(const ParameterSet& params, const Optimizer& opt) {
+  std::vector<NamedTensor> out;
+  Tensor weights = opt.weights();  // fp32 whatever the compute dtype
+  for (const Parameter& p : params.list()) out.push_back({p.name, weights.view(p.offset, p.shape)});
+  return out;
+}
+
+}  // namespace
+
+double evaluate_accuracy(Module& model, const ImageDataset& data, int64_t batch_size, Context& ctx) {
+  bool was_training = ctx.training;
+  ctx.training = false;
+  BatchBuffers buffers(batch_size, data.features(), ctx);
+  std::vector<int64_t> indices(data.count);
+  for (int64_t i = 0; i < data.count; i++) indices[i] = i;
+  int64_t correct = 0;
+  for (int64_t begin = 0; begin < data.count; begin += batch_size) {
+    int64_t count = std::min(batch_size, data.count - begin);
+    buffers.load(data, indices.data() + begin, count, ctx);
+    Tensor logits = model.forward(buffers.x.slice_rows(0, count), ctx);
+    ctx.stream.synchronize();
+    std::vector<float> host = logits.to_vector();
+    int64_t classes = logits.dim(-1);
+    for (int64_t i = 0; i < count; i++) {
+      const float* row = host.data() + i * classes;
+      int64_t best = std::max_element(row, row + classes) - row;
+      correct += best == data.labels[begin + i];
+    }
+  }
+  ctx.training = was_training;
+  return static_cast<double>(correct) / static_cast<double>(data.count);
+}
+
+TrainSummary train_classifier(const TrainConfig& config, Module& model, ParameterSet& params,
+                              const ImageDataset& train, const ImageDataset& test, const TrainOutputs& outputs) {
+  Context ctx;
+  ctx.device = resolve_device(config.device);
+  ctx.dtype = parse_dtype(config.dtype);
+  if (ctx.device.is_cuda()) {
+    require_cuda(fmt::format("device = \"{}\"", config.device).c_str());
+    if (ctx.device.index >= cuda_device_count())
+      throw UserError(fmt::format("device {} does not exist ({} CUDA devices visible)", config.device, cuda_device_count()));
+    set_current_device(ctx.device);
+  } else if (ctx.dtype != DType::f32) {
+    throw UserError(fmt::format("dtype = \"{}\" needs device = \"cuda\"; the CPU path trains in f32", config.dtype));
+  }
+  ctx.stream = Stream::create(ctx.device);
+  ctx.seed = static_cast<uint64_t>(config.seed);
+
+  params.allocate(ctx.device, ctx.dtype, ctx.seed);
+  OptimizerConfig oc{config.optimizer, static_cast<float>(config.weight_decay), static_cast<float>(config.momentum),
+                     config.nesterov, static_cast<float>(config.beta1), static_cast<float>(config.beta2),
+                     static_cast<float>(config.eps)};
+  Optimizer optimizer(params, oc, ctx.seed);
+  EpochSampler sampler(train.count, config.batch_size, ctx.seed);
+  int64_t total_steps = config.max_steps > 0 ? config.max_steps : config.epochs * sampler.steps_per_epoch();
+  LrSchedule schedule{static_cast<float>(config.lr), config.warmup_steps, total_steps,
+                      static_cast<float>(config.min_lr_ratio), config.lr_schedule == "cosine"};
+  log_info("training {} ({} parameters) on {} in {}: {} steps of {} samples, {} per epoch", config.model,
+           params.numel(), ctx.device.str(), config.dtype, total_steps, config.batch_size, sampler.steps_per_epoch());
+
+  MetricsLog metrics(outputs.metrics_out);
+  BatchBuffers batch(config.batch_size, train.features(), ctx);
+  CrossEntropyLoss loss_fn;
+  TrainSummary summary;
+  auto run_start = Clock::now(), interval_start = run_start;
+  int64_t interval_steps = 0;
+
+  auto evaluate = [&](int64_t step) {
+    summary.test_accuracy = evaluate_accuracy(model, test, 1000, ctx);
+    metrics.write({{"step", step}, {"epoch", step / sampler.steps_per_epoch()}, {"test_accuracy", summary.test_accuracy}});
+    log_info("step {}: test accuracy {:.4f}", step, summary.test_accuracy);
+  };
+  auto checkpoint = [&](int64_t step) {
+    ctx.stream.synchronize();
+    CheckpointData data{step, model_tensors(params, optimizer), {}, nlohmann::json::object()};
+    for (auto& [name, t] : optimizer.state()) data.optimizer.push_back({name, t});
+    data.info = {{"config", to_toml(config)}, {"optimizer_steps", optimizer.steps_taken()},
+                 {"data_cursor", {{"next_step", step}}}, {"seed", config.seed}};
+    summary.checkpoint = save_checkpoint(outputs.ckpt_dir, data);
+    log_info("wrote checkpoint {}", summary.checkpoint);
+  };
+
+  for (int64_t step = 0; step < total_steps; step++) {
+    std::vector<int64_t> indices = sampler.batch(step);
+    batch.load(train, indices.data(), config.batch_size, ctx);
+    ctx.rng_offset = static_cast<uint64_t>(step) << 32;  // each step's own Philox counters
+    params.zero_grads(ctx.stream);
+    Tensor logits = model.forward(batch.x, ctx);
+    loss_fn.forward(logits, batch.y, ctx);
+    model.backward(loss_fn.backward(ctx), ctx);
+    ClipResult clip = config.grad_clip > 0 ? clip_scale(params, static_cast<float>(config.grad_clip), ctx.stream)
+                                           : ClipResult{0.0, 1.f};
+    float lr = schedule.at(step);
+    optimizer.step(lr, clip.scale, ctx.stream);
+    interval_steps++;
+
+    int64_t done = step + 1;
+    bool last = done == total_steps;
+    if (done % config.log_every == 0 || last) {
+      summary.final_loss = loss_fn.mean(ctx);  // synchronizes the stream
+      double elapsed = seconds_since(interval_start);
+      double step_ms = 1000.0 * elapsed / interval_steps;
+      double samples_per_s = interval_steps * config.batch_size / elapsed;
+      nlohmann::json record = {{"step", done},          {"epoch", step / sampler.steps_per_epoch()},
+                               {"loss", summary.final_loss}, {"lr", lr},
+                               {"samples_per_s", samples_per_s}, {"step_ms", step_ms},
+                               {"world_size", 1}};
+      if (config.grad_clip > 0) record["grad_norm"] = clip.norm;
+      metrics.write(record);
+      if (outputs.progress) {
+        double eta = seconds_since(run_start) / done * (total_steps - done);
+        log_info("step {:>6}/{} | epoch {} | loss {:.4f} | lr {:.2e} | {:.0f} samples/s | {:.2f} ms/step | ETA {}",
+                 done, total_steps, step / sampler.steps_per_epoch(), summary.final_loss, lr, samples_per_s, step_ms,
+                 format_duration(eta));
+      }
+      interval_start = Clock::now();
+      interval_steps = 0;
+    }
+    // Evaluation and checkpoints stay out of the throughput figures.
+    auto pause = Clock::now();
+    bool epoch_end = done % sampler.steps_per_epoch() == 0;
+    if ((config.eval_every > 0 ? done % config.eval_every == 0 : epoch_end) || last) evaluate(done);
+    if (!outputs.ckpt_dir.empty() && ((config.ckpt_every > 0 && done % config.ckpt_every == 0) || last))
+      checkpoint(done);
+    interval_start += Clock::now() - pause;
+  }
+  summary.steps = total_steps;
+  summary.seconds = seconds_since(run_start);
+  return summary;
+}
+
+}  // namespace tandem

@@ -1,0 +1,37 @@
+// The training loop for classifiers on in-memory image data (the MLP on
+// Fashion-MNIST): sample, forward, loss, backward, clip, step, log,
+// evaluate, checkpoint.
+#pragma once
+
+#include <string>
+
+#include "runtime/config.h"
+#include "runtime/idx_dataset.h"
+#include "runtime/module.h"
+#include "runtime/parameters.h"
+
+namespace tandem {
+
+struct TrainOutputs {
+  std::string metrics_out;  // JSON lines; empty: none
+  std::string ckpt_dir;     // checkpoints; empty: none
+  bool progress = true;     // the progress line on stderr
+};
+
+struct TrainSummary {
+  int64_t steps = 0;
+  double final_loss = 0;     // mean loss of the last logged step
+  double test_accuracy = 0;  // after the last evaluation
+  double seconds = 0;
+  std::string checkpoint;    // the last one written, if any
+};
+
+// `model` maps (B, features) inputs to (B, classes) logits; its parameters
+// are `params` (not yet allocated: the trainer places them on the device).
+TrainSummary train_classifier(const TrainConfig& config, Module& model, ParameterSet& params,
+                              const ImageDataset& train, const ImageDataset& test, const TrainOutputs& outputs);
+
+// Fraction of `data` classified correctly, in batches of `batch_size`.
+double evaluate_accuracy(Module& model, const ImageDataset& data, int64_t batch_size, Context& ctx);
+
+}  // namespace tandem

@@ -1,0 +1,123 @@
+// The `tandem train` command as a user runs it: a short run on the real
+// Fashion-MNIST files, its metrics file and checkpoint, and one clear line
+// (exit 2) for each kind of bad input.
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "runtime/checkpoint.h"
+#include "runtime/safetensors.h"
+#include "support/testing.h"
+
+using namespace tandem;
+using namespace tandem::testing;
+namespace fs = std::filesystem;
+
+namespace {
+
+struct Run {
+  int exit_code;
+  std::string output;  // stdout and stderr
+};
+
+Run run(const std::string& args) {
+  const char* binary = std::getenv("TANDEM_BINARY");
+  REQUIRE(binary != nullptr);
+  std::string cmd = std::string(binary) + " " + args + " 2>&1";
+  FILE* pipe = popen(cmd.c_str(), "r");
+  REQUIRE(pipe != nullptr);
+  std::string out;
+  char buf[4096];
+  while (size_t n = fread(buf, 1, sizeof buf, pipe)) out.append(buf, n);
+  int status = pclose(pipe);
+  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
+}
+
+std::string source_path(const std::string& rel) {
+  const char* src = std::getenv("TANDEM_SOURCE_DIR");
+  REQUIRE(src != nullptr);
+  return std::string(src) + "/" + rel;
+}
+
+bool have_fashion_mnist() { return fs::exists("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz"); }
+
+}  // namespace
+
+TEST_CASE("tandem train runs, logs JSON metrics and writes a checkpoint", "[e2e]") {
+  if (!have_fashion_mnist()) {
+    WARN("SKIPPED: Fashion-MNIST is not installed (run tools/setup.sh)");
+    return;
+  }
+  fs::path dir = fs::temp_directory_path() / fmt::format("tandem_e2e_{}", fresh_seed());
+  std::string metrics = (dir / "metrics.jsonl").string();
+  Run r = run("train --config " + source_path("models/mlp/fashion.toml") +
+              " --set max_steps=60 --set log_every=20 --set eval_every=60 --set mlp.hidden=[64]" +
+              " --metrics-out " + metrics + " --ckpt-dir " + (dir / "ckpt").string());
+  INFO(r.output);
+  REQUIRE(r.exit_code == 0);
+  REQUIRE(r.output.find("ETA") != std::string::npos);  // the progress line
+
+  std::ifstream in(metrics);
+  std::vector<nlohmann::json> records;
+  for (std::string line; std::getline(in, line);) records.push_back(nlohmann::json::parse(line));
+  REQUIRE(records.size() == 4);  // steps 20, 40, 60 and one evaluation
+  for (int i = 0; i < 3; i++) {
+    for (const char* key : {"step", "epoch", "loss", "lr", "samples_per_s", "step_ms"}) REQUIRE(records[i].contains(key));
+    REQUIRE(records[i]["step"] == 20 * (i + 1));
+    REQUIRE(std::isfinite(records[i]["loss"].get<double>()));
+  }
+  REQUIRE(records[2]["loss"].get<double>() < 2.0);  // it learned something from ln(10) = 2.30
+  REQUIRE(records[3]["test_accuracy"].get<double>() > 0.5);
+
+  std::string ckpt = (dir / "ckpt" / "step_00000060").string();
+  nlohmann::json manifest = verify_checkpoint(ckpt);
+  REQUIRE(manifest["step"] == 60);
+  SafetensorsFile model = read_safetensors(ckpt + "/model.safetensors");
+  REQUIRE(model.tensors.at("layers.0.weight").shape() == Shape{64, 784});
+  REQUIRE(model.tensors.at("layers.3.bias").shape() == Shape{10});  // Linear, ReLU, Dropout, Linear
+  fs::remove_all(dir);
+}
+
+TEST_CASE("two runs with the same seed end with identical weights", "[e2e]") {
+  if (!have_fashion_mnist()) {
+    WARN("SKIPPED: Fashion-MNIST is not installed (run tools/setup.sh)");
+    return;
+  }
+  fs::path dir = fs::temp_directory_path() / fmt::format("tandem_det_{}", fresh_seed());
+  std::string common = "train --config " + source_path("models/mlp/fashion.toml") +
+                       " --set max_steps=15 --set eval_every=1000 --set mlp.hidden=[32] --ckpt-dir ";
+  REQUIRE(run(common + (dir / "a").string()).exit_code == 0);
+  REQUIRE(run(common + (dir / "b").string()).exit_code == 0);
+  auto a = read_safetensors((dir / "a" / "step_00000015" / "model.safetensors").string());
+  auto b = read_safetensors((dir / "b" / "step_00000015" / "model.safetensors").string());
+  for (auto& [name, t] : a.tensors) REQUIRE(t.to_vector() == b.tensors.at(name).to_vector());
+  fs::remove_all(dir);
+}
+
+TEST_CASE("bad input gets one clear line and exit code 2", "[e2e]") {
+  std::string cfg = source_path("models/mlp/fashion.toml");
+  struct Case {
+    std::string args, needle;
+  };
+  std::vector<Case> cases = {
+      {"train --config " + cfg + " --set learning_rate=1", "unknown config key 'learning_rate'"},
+      {"train --config " + cfg + " --set batch_size=-3", "batch_size"},
+      {"train --config " + cfg + " --set data_dir=/nonexistent", "not found"},
+      {"train --config " + cfg + " --set device=tpu", "unknown device 'tpu'"},
+      {"train --config " + cfg + " --set mlp.hidden=[0]", "mlp.hidden"},
+      {"train --config " + cfg + " --set mlp.depth=3", "unknown config key 'depth'"},
+      {"train --config " + cfg + " --set dtype=bf16", "needs device"},
+  };
+  for (const Case& c : cases) {
+    Run r = run(c.args);
+    INFO(c.args << "\n" << r.output);
+    REQUIRE(r.exit_code == 2);
+    REQUIRE(r.output.find(c.needle) != std::string::npos);
+    REQUIRE(r.output.find("tandem: error:") != std::string::npos);
+  }
+  Run missing = run("train --config /nonexistent.toml");
+  REQUIRE(missing.exit_code != 0);
+  REQUIRE(missing.output.find("nonexistent.toml") != std::string::npos);
+}

@@ -1,0 +1,118 @@
+// Every module's backward against float64 finite differences of its forward.
+#include "runtime/layers.h"
+#include "runtime/gradcheck.h"
+
+using namespace tandem;
+using namespace tandem::testing;
+
+namespace {
+
+constexpr double kGradTol = 2e-2;  // relative, over the whole gradient
+
+// Checks d(sum(module(x) * R))/dx and /dparams for a module on the CPU.
+void check_module(Module& m, ParameterSet& params, const Tensor& x, uint64_t seed, bool input_grad = true) {
+  Context ctx;
+  ctx.seed = seed;
+  params.allocate(Device::cpu(), DType::f32, seed);
+  auto forward = [&] {
+    ctx.rng_offset = 0;  // the same dropout mask on every evaluation
+    return m.forward(x, ctx);
+  };
+  Tensor out = forward();
+  std::vector<float> r = random_vector(out.numel(), seed + 7);
+  Tensor dout = Tensor::from_vector(r, out.shape());
+  params.zero_grads(Stream());
+  Tensor dx = m.backward(dout, ctx);
+  auto loss = [&] { return dot64(forward(), r); };
+
+  if (input_grad) {
+    std::vector<double> num = numerical_gradient(x, loss);
+    INFO("input gradient");
+    REQUIRE(rel_error(dx.to_vector(), num) <= kGradTol);
+  }
+  for (const Parameter& p : params.list()) {
+    std::vector<double> num = numerical_gradient(p.value, loss);
+    INFO("parameter " << p.name);
+    REQUIRE(all_finite(p.grad.to_vector()));
+    REQUIRE(rel_error(p.grad.to_vector(), num) <= kGradTol);
+  }
+}
+
+}  // namespace
+
+TEST_CASE("Linear backward matches finite differences", "[modules]") {
+  uint64_t seed = fresh_seed();
+  INFO("seed=" << seed);
+  ParameterSet params;
+  Linear m(params, "fc", 7, 5);
+  check_module(m, params, random_tensor({3, 7}, seed), seed);
+}
+
+TEST_CASE("ReLU and GELU backward match finite differences", "[modules]") {
+  uint64_t seed = fresh_seed();
+  INFO("seed=" << seed);
+  ParameterSet p1, p2;
+  ReLU relu;
+  GELU gelu;
+  // Inputs away from ReLU's kink at 0, where the difference quotient is wrong.
+  std::vector<float> v = random_vector(33, seed, 0.1f, 2.f);
+  for (size_t i = 0; i < v.size(); i += 2) v[i] = -v[i];
+  check_module(relu, p1, Tensor::from_vector(v, {3, 11}), seed);
+  check_module(gelu, p2, random_tensor({3, 11}, seed, -3.f, 3.f), seed);
+}
+
+TEST_CASE("LayerNorm backward matches finite differences", "[modules]") {
+  uint64_t seed = fresh_seed();
+  INFO("seed=" << seed);
+  ParameterSet params;
+  LayerNorm m(params, "ln", 9);
+  check_module(m, params, random_tensor({4, 9}, seed, -2.f, 2.f), seed);
+}
+
+TEST_CASE("Embedding backward matches finite differences", "[modules]") {
+  uint64_t seed = fresh_seed();
+  INFO("seed=" << seed);
+  ParameterSet params;
+  Embedding m(params, "wte", 11, 6);
+  Tensor idx = make_int_tensor({3, 0, 3, 10, 7}, {5});  // a repeated index too
+  check_module(m, params, idx, seed, /*input_grad=*/false);
+}
+
+TEST_CASE("Dropout backward matches finite differences with the same mask", "[modules]") {
+  uint64_t seed = fresh_seed();
+  INFO("seed=" << seed);
+  ParameterSet params;
+  Dropout m(0.3f);
+  check_module(m, params, random_tensor({5, 13}, seed), seed);
+}
+
+TEST_CASE("Sequential backward chains its modules", "[modules]") {
+  uint64_t seed = fresh_seed();
+  INFO("seed=" << seed);
+  ParameterSet params;
+  Sequential net;
+  net.add(std::make_unique<Linear>(params, "layers.0", 6, 8));
+  net.add(std::make_unique<GELU>());
+  net.add(std::make_unique<LayerNorm>(params, "layers.2", 8));
+  net.add(std::make_unique<Linear>(params, "layers.3", 8, 4));
+  check_module(net, params, random_tensor({3, 6}, seed), seed);
+}
+
+TEST_CASE("CrossEntropyLoss backward matches finite differences", "[modules]") {
+  uint64_t seed = fresh_seed();
+  INFO("seed=" << seed);
+  Context ctx;
+  Tensor logits = random_tensor({6, 5}, seed, -3.f, 3.f);
+  Tensor targets = make_int_tensor({0, 4, -1, 2, 2, 1}, {6});  // one ignored row
+  CrossEntropyLoss ce;
+  auto loss = [&] {
+    ce.forward(logits, targets, ctx);
+    return ce.mean(ctx);
+  };
+  double value = loss();
+  REQUIRE(std::isfinite(value));
+  std::vector<float> grad = ce.backward(ctx).to_vector();
+  std::vector<double> num = numerical_gradient(logits, loss, 1e-2f);
+  REQUIRE(rel_error(grad, num) <= kGradTol);
+  for (int c = 0; c < 5; c++) REQUIRE(grad[2 * 5 + c] == 0.f);  // the ignored row
+}

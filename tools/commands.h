@@ -1,0 +1,11 @@
+// Each subcommand registers itself on the CLI11 app; its callback does the work.
+#pragma once
+
+#include <CLI/CLI.hpp>
+
+namespace tandem::tools {
+
+void add_train_command(CLI::App& app);
+void add_bench_command(CLI::App& app);
+
+}  // namespace tandem::tools

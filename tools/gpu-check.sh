@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# On a machine with a GPU: build with CUDA (or use a build made elsewhere and
+# copied here with tools/bundle.sh), run every GPU test, run the kernel
+# benchmarks, and print their table last.
+#   tools/gpu-check.sh            build into build-gpu/ here, then check
+#   tools/gpu-check.sh DIR        use the existing build in DIR
+# Writes DIR/gpu-tests.log and DIR/bench-kernels.json.
+set -uo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+export PATH="$PATH:/usr/local/cuda/bin"
+# The CUDA libraries a copied build leaves out: the toolkit's, else PyTorch's wheels.
+for d in /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib $(python3 -c 'import nvidia, os; print(" ".join(os.path.join(p, q, "lib") for p in nvidia.__path__ for q in os.listdir(p)))' 2>/dev/null); do
+  [ -d "$d" ] && export LD_LIBRARY_PATH="${LD_LIBRARY_PATH:+$LD_LIBRARY_PATH:}$d"
+done
+
+build=${1:-}
+if [ -z "$build" ]; then
+  build=build-gpu
+  CCACHE_BASEDIR="$root" cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DTANDEM_CUDA=ON >/dev/null || exit 1
+  cmake --build "$build" -j"$(nproc)" || exit 1
+fi
+[ -x "$build/tandem" ] || { echo "gpu-check: no tandem binary in $build"; exit 1; }
+
+nvidia-smi -L || { echo "gpu-check: no GPU visible"; exit 1; }
+status=0
+echo "== GPU tests"
+"$build/tests/tests_gpu" 2>&1 | tee "$build/gpu-tests.log"
+rc=${PIPESTATUS[0]}
+if [ "$rc" -eq 77 ]; then echo "gpu-check: FAILED: the GPU tests skipped on a GPU machine"; status=1;
+elif [ "$rc" -ne 0 ]; then echo "gpu-check: FAILED: GPU tests (exit $rc)"; status=1; fi
+
+echo "== kernel benchmarks"
+"$build/tandem" bench kernels --device cuda --json "$build/bench-kernels.json" > "$build/bench-kernels.txt" 2>&1
+rc=$?
+[ "$rc" -ne 0 ] && { echo "gpu-check: FAILED: bench kernels (exit $rc)"; status=1; }
+echo "== GPU tests: $(tail -n 2 "$build/gpu-tests.log" | tr '\n' ' ')"
+cat "$build/bench-kernels.txt"
+exit $status

@@ -1,0 +1,53 @@
+// tandem train: reads a config, builds the model it names, trains it.
+#include <fmt/format.h>
+
+#include <memory>
+
+#include "models/mlp/mlp.h"
+#include "runtime/core/log.h"
+#include "runtime/trainer.h"
+#include "tools/commands.h"
+
+namespace tandem::tools {
+
+namespace {
+
+struct TrainArgs {
+  std::string config;
+  std::vector<std::string> overrides;
+  std::string metrics_out;
+  std::string ckpt_dir;
+};
+
+void run_train(const TrainArgs& args) {
+  TrainConfig config = load_train_config(args.config, args.overrides);
+  if (config.model != "mlp")
+    throw UserError(fmt::format("model '{}' in {} is not known (available: mlp)", config.model, args.config));
+  if (config.data != "fashion-mnist")
+    throw UserError(fmt::format("data '{}' in {} is not known for the mlp (available: fashion-mnist)", config.data,
+                                args.config));
+  ImageDataset train = load_fashion_mnist(config.data_dir, /*train=*/true);
+  ImageDataset test = load_fashion_mnist(config.data_dir, /*train=*/false);
+  log_info("loaded Fashion-MNIST from {}: {} train, {} test images", config.data_dir, train.count, test.count);
+
+  models::MlpOptions options = models::parse_mlp_options(config.model_options, train.features(), 10, args.config);
+  models::Mlp mlp(options);
+  TrainSummary s = train_classifier(config, mlp.net, mlp.params, train, test,
+                                    {.metrics_out = args.metrics_out, .ckpt_dir = args.ckpt_dir});
+  fmt::print("{{\"steps\": {}, \"final_loss\": {:.6f}, \"test_accuracy\": {:.4f}, \"seconds\": {:.1f}}}\n", s.steps,
+             s.final_loss, s.test_accuracy, s.seconds);
+}
+
+}  // namespace
+
+void add_train_command(CLI::App& app) {
+  auto args = std::make_shared<TrainArgs>();
+  CLI::App* cmd = app.add_subcommand("train", "Train a model from a TOML config");
+  cmd->add_option("--config", args->config, "Config file, e.g. models/mlp/fashion.toml")->required()->check(CLI::ExistingFile);
+  cmd->add_option("--set", args->overrides, "Override a config key: --set lr=0.01 --set mlp.hidden=[128]");
+  cmd->add_option("--metrics-out", args->metrics_out, "Write one JSON object per logged step to this file");
+  cmd->add_option("--ckpt-dir", args->ckpt_dir, "Write checkpoints under this directory");
+  cmd->callback([args] { run_train(*args); });
+}
+
+}  // namespace tandem::tools
