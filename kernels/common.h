@@ -56,5 +56,7 @@ inline void check_numel(const Tensor& t, int64_t n, const char* op) {
 #if TANDEM_HAS_CUDA
 #define TANDEM_CUDA_ONLY(...) __VA_ARGS__
 #else
-#define TANDEM_CUDA_ONLY(...) ::tandem::kernels::no_cuda_build()
+// The unevaluated sizeof keeps the arguments "used" (no warnings) without
+// referencing the undefined cuda:: functions at link time.
+#define TANDEM_CUDA_ONLY(...) ((void)sizeof((__VA_ARGS__, 0)), ::tandem::kernels::no_cuda_build())
 #endif

@@ -3,6 +3,8 @@
 // (exit 2) for each kind of bad input.
 #include <cstdio>
 #include <cstdlib>
+#include <fmt/format.h>
+
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>

@@ -2,6 +2,8 @@
 // damaged files.
 #include <zlib.h>
 
+#include <fmt/format.h>
+
 #include <filesystem>
 #include <fstream>
 

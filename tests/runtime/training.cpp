@@ -1,4 +1,6 @@
 // Sampler, configs, learning-rate schedule and optimizer wiring.
+#include <fmt/format.h>
+
 #include <filesystem>
 #include <fstream>
 #include <set>
