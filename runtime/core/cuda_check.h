@@ -1,4 +1,4 @@
-// CHECK macros for the CUDA runtime, cuBLAS(Lt), cuDNN and NCCL. Include
+// CHECK macros for the CUDA runtime, cuBLAS, cuBLASLt, cuDNN and NCCL. Include
 // only from code that uses those libraries; each macro names the library's
 // own error-string function, so only code that expands it links that library.
 #pragma once
@@ -22,6 +22,16 @@
     if (status_ != CUBLAS_STATUS_SUCCESS)                                                     \
       ::tandem::throw_library_error("cuBLAS", static_cast<int>(status_),                     \
                                     cublasGetStatusString(status_), #call, __FILE__, __LINE__); \
+  } while (0)
+
+// cuBLASLt reports cublasStatus_t too, but its string function lives in
+// libcublasLt, so code that links only cuBLASLt uses this one.
+#define CUBLASLT_CHECK(call)                                                                      \
+  do {                                                                                            \
+    cublasStatus_t status_ = (call);                                                              \
+    if (status_ != CUBLAS_STATUS_SUCCESS)                                                         \
+      ::tandem::throw_library_error("cuBLASLt", static_cast<int>(status_),                       \
+                                    cublasLtGetStatusString(status_), #call, __FILE__, __LINE__); \
   } while (0)
 
 #define CUDNN_CHECK(call)                                                                  \

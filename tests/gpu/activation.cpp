@@ -10,7 +10,7 @@ TEST_CASE("cuda activations match the cpu twin", "[gpu][activation]") {
   Device gpu = Device::cuda(0);
   Stream stream = Stream::create(gpu);
   for (DType dtype : {DType::f32, DType::bf16}) {
-    double tol = dtype == DType::f32 ? 1e-6 : 1e-2;
+    double tol = dtype == DType::f32 ? 1e-6 : 1e-2;  // per unit of |x| <= 4
     for (int64_t n : {int64_t{1}, int64_t{7}, int64_t{33}, int64_t{1000}, int64_t{1 << 20} + 3}) {
       uint64_t seed = fresh_seed();
       INFO("dtype=" << dtype_name(dtype) << " n=" << n << " seed=" << seed);
@@ -34,8 +34,10 @@ TEST_CASE("cuda activations match the cpu twin", "[gpu][activation]") {
 
         auto y = gy.to_vector(), dx = gdx.to_vector();
         REQUIRE(all_finite(y));
-        REQUIRE(rel_error(y, cy.to_vector()) <= tol);
-        REQUIRE(rel_error(dx, cdx.to_vector()) <= tol);
+        // Absolute error against the magnitude of the data: relative error
+        // per vector is meaningless at n = 1 near a zero of the function.
+        REQUIRE(max_abs_diff(y, cy.to_vector()) <= tol * 4);
+        REQUIRE(max_abs_diff(dx, cdx.to_vector()) <= tol * 4);
       }
     }
   }
