@@ -161,9 +161,9 @@ Tensor CrossEntropyLoss::forward(const Tensor& logits, const Tensor& targets, Co
   kernels::softmax_cross_entropy_forward(losses_, logits_, targets_, ctx.stream);
   // The mean divides by the rows that count (target >= 0); targets are a
   // few bytes per row, so counting them on the host is cheap.
-  Tensor host_view = Tensor::empty({targets.numel()}, DType::i32, Device::cpu());
-  host_view.copy_from(targets, ctx.stream);
-  const int32_t* t = host_view.data_as<int32_t>();
+  ensure_buffer(targets_host_, {targets.numel()}, DType::i32, Device::cpu());
+  targets_host_.copy_from(targets, ctx.stream);
+  const int32_t* t = targets_host_.data_as<int32_t>();
   num_valid_ = 0;
   for (int64_t i = 0; i < targets.numel(); i++) num_valid_ += t[i] >= 0;
   return losses_;
@@ -176,14 +176,13 @@ Tensor CrossEntropyLoss::backward(Context& ctx) {
   return grad_logits_;
 }
 
-double CrossEntropyLoss::mean(Context& ctx) const {
+double CrossEntropyLoss::mean(Context& ctx) {
   if (num_valid_ == 0) return 0.0;
-  Tensor total = Tensor::empty({1}, DType::f32, ctx.device);
-  Tensor scratch = ctx.device.is_cuda() ? Tensor::empty({kernels::kReduceScratchElems}, DType::f32, ctx.device)
-                                        : Tensor();
-  kernels::sum(total, losses_, scratch, ctx.stream);
+  ensure_buffer(total_, {1}, DType::f32, ctx.device);
+  if (ctx.device.is_cuda()) ensure_buffer(scratch_, {kernels::kReduceScratchElems}, DType::f32, ctx.device);
+  kernels::sum(total_, losses_, scratch_, ctx.stream);
   ctx.stream.synchronize();
-  return total.to_vector()[0] / static_cast<double>(num_valid_);
+  return total_.to_vector()[0] / static_cast<double>(num_valid_);
 }
 
 }  // namespace tandem

@@ -116,10 +116,11 @@ class CrossEntropyLoss {
   // The gradient of the mean loss with respect to the logits.
   Tensor backward(Context& ctx);
   // Mean of the last forward's losses over the valid rows (synchronizes).
-  double mean(Context& ctx) const;
+  double mean(Context& ctx);
 
  private:
   Tensor logits_, targets_, losses_, grad_logits_;
+  Tensor total_, scratch_, targets_host_;  // made once, reused
   int64_t num_valid_ = 0;
 };
 

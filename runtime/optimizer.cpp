@@ -67,13 +67,14 @@ float LrSchedule::at(int64_t step) const {
   return static_cast<float>(min_lr + coeff * (lr - min_lr));
 }
 
-ClipResult clip_scale(const ParameterSet& params, float max_norm, const Stream& stream) {
-  Device device = params.grads().device();
-  Tensor total = Tensor::empty({1}, DType::f32, device);
-  Tensor scratch = device.is_cuda() ? Tensor::empty({kernels::kReduceScratchElems}, DType::f32, device) : Tensor();
-  kernels::norm_squared(total, params.grads(), scratch, stream);
+GradClipper::GradClipper(Device device)
+    : total_(Tensor::empty({1}, DType::f32, device)),
+      scratch_(device.is_cuda() ? Tensor::empty({kernels::kReduceScratchElems}, DType::f32, device) : Tensor()) {}
+
+ClipResult GradClipper::compute(const ParameterSet& params, float max_norm, const Stream& stream) {
+  kernels::norm_squared(total_, params.grads(), scratch_, stream);
   stream.synchronize();
-  double norm = std::sqrt(static_cast<double>(total.to_vector()[0]));
+  double norm = std::sqrt(static_cast<double>(total_.to_vector()[0]));
   float scale = 1.f;
   // The same rule as torch.nn.utils.clip_grad_norm_: scale = max / (norm + 1e-6).
   if (max_norm > 0.f && norm > max_norm) scale = static_cast<float>(max_norm / (norm + 1e-6));

@@ -65,6 +65,17 @@ struct ClipResult {
   double norm;
   float scale;
 };
-ClipResult clip_scale(const ParameterSet& params, float max_norm, const Stream& stream);
+
+// Gradient clipping by global norm, as torch.nn.utils.clip_grad_norm_. The
+// reduction's output and scratch buffers are made once, not every step.
+class GradClipper {
+ public:
+  explicit GradClipper(Device device);
+  // Reads the norm back to the host, so it synchronizes `stream`.
+  ClipResult compute(const ParameterSet& params, float max_norm, const Stream& stream);
+
+ private:
+  Tensor total_, scratch_;
+};
 
 }  // namespace tandem

@@ -117,6 +117,7 @@ TrainSummary train_classifier(const TrainConfig& config, Module& model, Paramete
   MetricsLog metrics(outputs.metrics_out);
   BatchBuffers batch(config.batch_size, train.features(), ctx);
   CrossEntropyLoss loss_fn;
+  GradClipper clipper(ctx.device);
   TrainSummary summary;
   auto run_start = Clock::now(), interval_start = run_start;
   int64_t interval_steps = 0;
@@ -144,7 +145,7 @@ TrainSummary train_classifier(const TrainConfig& config, Module& model, Paramete
     Tensor logits = model.forward(batch.x, ctx);
     loss_fn.forward(logits, batch.y, ctx);
     model.backward(loss_fn.backward(ctx), ctx);
-    ClipResult clip = config.grad_clip > 0 ? clip_scale(params, static_cast<float>(config.grad_clip), ctx.stream)
+    ClipResult clip = config.grad_clip > 0 ? clipper.compute(params, static_cast<float>(config.grad_clip), ctx.stream)
                                            : ClipResult{0.0, 1.f};
     float lr = schedule.at(step);
     optimizer.step(lr, clip.scale, ctx.stream);

@@ -2,9 +2,10 @@
 // slow and synchronizing, so freed blocks are kept in size-binned free lists
 // and handed out again. Host memory is 64-byte aligned heap memory.
 //
-// A block is reused only after its last user freed it; frees happen when the
-// last Tensor view drops its storage, which the hot path never does (buffers
-// are made at start and reused), so reuse across streams needs no events.
+// A block goes back to the cache when the last Tensor view of it is gone,
+// and may be handed out again at once, with no event: free a tensor only
+// when no stream still uses it (synchronize first). The hot path frees
+// nothing: its buffers are made at start and reused.
 #pragma once
 
 #include <cstddef>
