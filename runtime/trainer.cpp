@@ -124,7 +124,7 @@ TrainSummary train_classifier(const TrainConfig& config, Module& model, Paramete
 
   auto evaluate = [&](int64_t step) {
     summary.test_accuracy = evaluate_accuracy(model, test, 1000, ctx);
-    metrics.write({{"step", step}, {"epoch", step / sampler.steps_per_epoch()}, {"test_accuracy", summary.test_accuracy}});
+    metrics.write({{"step", step}, {"epoch", (step - 1) / sampler.steps_per_epoch()}, {"test_accuracy", summary.test_accuracy}});
     log_info("step {}: test accuracy {:.4f}", step, summary.test_accuracy);
   };
   auto checkpoint = [&](int64_t step) {

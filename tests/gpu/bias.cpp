@@ -12,34 +12,6 @@ using namespace tandem::testing;
 
 namespace {
 
-// Random values, rounded to the dtype so that both sides see the same inputs.
-std::vector<float> draw(int64_t n, uint64_t seed, DType dtype) {
-  std::vector<float> v = random_vector(n, seed);
-  return dtype == DType::bf16 ? rounded_to_bf16(v) : v;
-}
-
-std::vector<float> abs_of(std::vector<float> v) {
-  for (auto& x : v) x = std::fabs(x);
-  return v;
-}
-
-// Max over elements of |got - want| / scale, where scale is the sum of the
-// magnitudes of the terms that made `want`: sums are accurate relative to
-// that, not relative to a column sum that cancels to near zero. NaN
-// anywhere gives NaN.
-double scaled_error(const std::vector<float>& got, const Tensor& want, const Tensor& scale) {
-  std::vector<float> w = want.to_vector(), s = scale.to_vector();
-  REQUIRE(got.size() == w.size());
-  REQUIRE(got.size() == s.size());
-  double worst = 0;
-  for (size_t i = 0; i < got.size(); i++) {
-    double e = std::fabs(static_cast<double>(got[i]) - w[i]) / (static_cast<double>(s[i]) + 1e-30);
-    if (std::isnan(e)) return e;
-    worst = std::max(worst, e);
-  }
-  return worst;
-}
-
 // The CPU twin's out = x + b and dbias = db0 + column sums of x.
 std::pair<Tensor, Tensor> run_cpu(const std::vector<float>& x, const std::vector<float>& b,
                                   const std::vector<float>& db0, int64_t N, int64_t C) {

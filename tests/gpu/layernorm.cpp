@@ -90,18 +90,6 @@ Scales error_scales(const Inputs& in, const Outputs& cpu, int64_t N, int64_t C) 
   return s;
 }
 
-// Worst |got - want| / scale; NaN stays NaN.
-double scaled_error(const Vec& got, const Vec& want, const Vec& scale) {
-  REQUIRE(got.size() == want.size());
-  double worst = 0;
-  for (size_t i = 0; i < got.size(); i++) {
-    double e = std::fabs(static_cast<double>(got[i]) - want[i]) / (scale[i] + 1e-30);
-    if (std::isnan(e)) return e;
-    worst = std::max(worst, e);
-  }
-  return worst;
-}
-
 bool same_bits(const Vec& a, const Vec& b) {
   return a.size() == b.size() && (a.empty() || std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0);
 }

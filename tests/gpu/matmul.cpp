@@ -17,12 +17,6 @@ const char* epilogue_name(Epilogue e) {
   return e == Epilogue::none ? "none" : e == Epilogue::bias ? "bias" : "gelu_bias";
 }
 
-// Random values, rounded to the dtype so that both sides see the same inputs.
-std::vector<float> draw(int64_t n, uint64_t seed, DType dtype) {
-  std::vector<float> v = random_vector(n, seed);
-  return dtype == DType::bf16 ? rounded_to_bf16(v) : v;
-}
-
 std::vector<float> poison(int64_t n) { return std::vector<float>(n, NAN); }
 
 struct Dims {
@@ -34,28 +28,6 @@ struct Dims {
 const std::vector<Dims> kDims = {{0, 33, 7},     {1, 1, 1},       {1, 7, 33},       {7, 33, 1},
                                  {33, 7, 64},    {1000, 33, 7},   {64, 1031, 1000}, {1031, 1000, 64},
                                  {513, 768, 3072}, {100, 3072, 768}, {7, 0, 5},       {5, 7, 0}};
-
-std::vector<float> abs_of(std::vector<float> v) {
-  for (auto& x : v) x = std::fabs(x);
-  return v;
-}
-
-// Max over elements of |got - want| / scale, where scale is the sum of the
-// magnitudes of the terms that made `want` (|x| @ |W|^T + |b|, say): GEMMs
-// are accurate relative to that, not relative to an output that happens to
-// cancel to near zero. NaN anywhere gives NaN.
-double scaled_error(const std::vector<float>& got, const Tensor& want, const Tensor& scale) {
-  std::vector<float> w = want.to_vector(), s = scale.to_vector();
-  REQUIRE(got.size() == w.size());
-  REQUIRE(got.size() == s.size());
-  double worst = 0;
-  for (size_t i = 0; i < got.size(); i++) {
-    double e = std::fabs(static_cast<double>(got[i]) - w[i]) / (static_cast<double>(s[i]) + 1e-30);
-    if (std::isnan(e)) return e;
-    worst = std::max(worst, e);
-  }
-  return worst;
-}
 
 // One problem's inputs (rounded to the dtype), the CPU twin's results, and
 // the same ops on absolute values: the scales for scaled_error.

@@ -17,15 +17,6 @@ namespace {
 
 constexpr int kSteps = 5;
 
-// max |a - b| / max(1, max |b|): the error relative to the O(1) scale of the
-// values, which does not blow up when one of a few values lands near zero by
-// cancellation (n = 1, a weight that steps across 0).
-template <typename A, typename B>
-double unit_scaled_error(const A& a, const B& b) {
-  double scale = 1;
-  for (auto x : b) scale = std::max(scale, std::fabs(static_cast<double>(x)));
-  return max_abs_diff(a, b) / scale;
-}
 constexpr double kTol = 1e-5;
 const std::vector<int64_t> kSizes = {1, 7, 33, 1000, (1 << 20) + 3};
 

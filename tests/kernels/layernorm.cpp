@@ -22,13 +22,6 @@ struct Reference {
   std::vector<double> dweight_scale, dbias_scale;
 };
 
-// Worst |got - want| over its scale; NaN stays NaN.
-double scaled_error(const Vec& got, const std::vector<double>& want, const std::vector<double>& scale) {
-  double worst = 0;
-  for (size_t i = 0; i < got.size(); i++) worst = std::max(worst, std::fabs(got[i] - want[i]) / (scale[i] + 1e-30));
-  return worst;
-}
-
 // float64 LayerNorm forward and backward; dweight and dbias start from
 // dweight0 and dbias0 (parameter gradients accumulate).
 Reference layernorm64(const Vec& x, const Vec& w, const Vec& b, const Vec& dy, const Vec& dweight0,

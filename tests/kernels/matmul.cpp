@@ -13,22 +13,6 @@ namespace {
 
 double gelu64(double x) { return 0.5 * x * (1.0 + std::tanh(std::sqrt(2.0 / M_PI) * (x + 0.044715 * x * x * x))); }
 
-// Max over elements of |got - want| / scale, where scale is the sum of the
-// magnitudes of the terms that made `want` (sum |x w| + |b|, say): a
-// floating-point sum is accurate relative to that, not relative to a
-// result that happens to cancel to near zero. NaN anywhere gives NaN.
-double scaled_error(const std::vector<float>& got, const std::vector<double>& want, const std::vector<double>& scale) {
-  REQUIRE(got.size() == want.size());
-  REQUIRE(got.size() == scale.size());
-  double worst = 0;
-  for (size_t i = 0; i < got.size(); i++) {
-    double e = std::fabs(got[i] - want[i]) / (scale[i] + 1e-30);
-    if (std::isnan(e)) return e;
-    worst = std::max(worst, e);
-  }
-  return worst;
-}
-
 const char* epilogue_name(Epilogue e) {
   return e == Epilogue::none ? "none" : e == Epilogue::bias ? "bias" : "gelu_bias";
 }

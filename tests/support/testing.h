@@ -76,6 +76,49 @@ inline std::vector<float> rounded_to_bf16(std::vector<float> v) {
   return v;
 }
 
+// Random values in [-1, 1), rounded to `dtype` so that a bf16 kernel and
+// its fp32 CPU twin see the same inputs.
+inline std::vector<float> draw(int64_t n, uint64_t seed, DType dtype) {
+  std::vector<float> v = random_vector(n, seed);
+  return dtype == DType::bf16 ? rounded_to_bf16(v) : v;
+}
+
+inline std::vector<float> abs_of(std::vector<float> v) {
+  for (auto& x : v) x = std::fabs(x);
+  return v;
+}
+
+// Worst |got[i] - want[i]| / scale[i], where scale[i] is the sum of the
+// magnitudes of the terms that made want[i] (|x| @ |W|^T + |b|, say): a
+// floating-point sum is accurate relative to that, not relative to a result
+// that happens to cancel to near zero. NaN anywhere gives NaN.
+template <typename G, typename W, typename S>
+double scaled_error(const G& got, const W& want, const S& scale) {
+  REQUIRE(got.size() == want.size());
+  REQUIRE(got.size() == scale.size());
+  double worst = 0;
+  for (size_t i = 0; i < got.size(); i++) {
+    double e = std::fabs(static_cast<double>(got[i]) - static_cast<double>(want[i])) /
+               (static_cast<double>(scale[i]) + 1e-30);
+    if (std::isnan(e)) return e;
+    worst = std::max(worst, e);
+  }
+  return worst;
+}
+inline double scaled_error(const std::vector<float>& got, const Tensor& want, const Tensor& scale) {
+  return scaled_error(got, want.to_vector(), scale.to_vector());
+}
+
+// max |a - b| / max(1, max |b|): the error relative to the O(1) scale of the
+// values, which does not blow up when one of a few values lands near zero by
+// cancellation (n = 1, a weight that steps across 0).
+template <typename A, typename B>
+double unit_scaled_error(const A& a, const B& b) {
+  double scale = 1;
+  for (auto x : b) scale = std::max(scale, std::fabs(static_cast<double>(x)));
+  return max_abs_diff(a, b) / scale;
+}
+
 // A tensor of `dtype` (f32 or bf16) on `device` holding `values`.
 inline Tensor make_tensor(const std::vector<float>& values, Shape shape, DType dtype, Device device) {
   Tensor host = Tensor::empty(shape, dtype, Device::cpu());
