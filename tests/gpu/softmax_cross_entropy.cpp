@@ -17,21 +17,6 @@ namespace {
 using Vec = std::vector<float>;
 using Ints = std::vector<int32_t>;
 
-// Targets in [0, V) with about a quarter ignored (-1 or -100).
-Ints random_targets(int64_t N, int64_t V, uint64_t seed) {
-  std::mt19937_64 gen(seed);
-  std::uniform_int_distribution<int32_t> pick(0, static_cast<int32_t>(V - 1));
-  Ints t(N);
-  for (auto& x : t) x = gen() % 4 == 0 ? (gen() % 2 ? -1 : -100) : pick(gen);
-  return t;
-}
-
-float mean_dloss(const Ints& targets) {
-  int64_t valid = 0;
-  for (int32_t t : targets) valid += t >= 0;
-  return valid == 0 ? 1.f : 1.f / static_cast<float>(valid);
-}
-
 // Logits the GPU's dtype can hold exactly, with every third logit of row 0
 // masked to -inf (never the target).
 Vec random_logits(int64_t N, int64_t V, Ints& targets, float range, DType dtype, uint64_t seed) {

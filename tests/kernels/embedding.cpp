@@ -134,16 +134,6 @@ TEST_CASE("cpu embedding backward matches float64 finite differences", "[kernels
   };
   Tensor dtable = Tensor::zeros({V, C}, DType::f32, Device::cpu());
   kernels::embedding_backward(dtable, Tensor::from_vector(R, {N, C}), int_tensor(idx), Stream());
-  const double h = 1e-2;
-  std::vector<double> numeric(V * C);
-  for (int64_t i = 0; i < V * C; i++) {
-    float keep = table[i], hi = static_cast<float>(keep + h), lo = static_cast<float>(keep - h);
-    table[i] = hi;
-    double up = objective();
-    table[i] = lo;
-    double down = objective();
-    table[i] = keep;
-    numeric[i] = (up - down) / (static_cast<double>(hi) - lo);
-  }
+  std::vector<double> numeric = numerical_gradient(table, objective);
   REQUIRE(rel_error(dtable.to_vector(), numeric) <= 1e-2);
 }

@@ -170,23 +170,9 @@ TEST_CASE("cpu layernorm backward matches float64 finite differences", "[kernels
       Tensor dweight = Tensor::zeros({C}, DType::f32, Device::cpu()), dbias = Tensor::zeros({C}, DType::f32, Device::cpu());
       kernels::layernorm_backward(dinp, dweight, dbias, Tensor::from_vector(R, {N, C}), tx, tw, mean, rstd, Stream());
 
-      // Central differences of sum(out * R) in float64 over an f32 forward:
-      // h large enough that f32 rounding in the forward stays far below the
-      // change it causes.
-      const double h = 1e-2;
-      auto numeric = [&](Vec& param) {
-        std::vector<double> grad(param.size());
-        for (size_t i = 0; i < param.size(); i++) {
-          float keep = param[i], hi = static_cast<float>(keep + h), lo = static_cast<float>(keep - h);
-          param[i] = hi;
-          double up = objective(forward(x, w, b, N, C), R);
-          param[i] = lo;
-          double down = objective(forward(x, w, b, N, C), R);
-          param[i] = keep;
-          grad[i] = (up - down) / (static_cast<double>(hi) - lo);  // the step f32 actually took
-        }
-        return grad;
-      };
+      // Central differences of sum(out * R) in float64 over the f32 forward.
+      auto loss = [&] { return objective(forward(x, w, b, N, C), R); };
+      auto numeric = [&](Vec& param) { return numerical_gradient(param, loss); };
       REQUIRE(rel_error(dinp.to_vector(), numeric(x)) <= 1e-2);
       REQUIRE(rel_error(dweight.to_vector(), numeric(w)) <= 1e-2);
       REQUIRE(rel_error(dbias.to_vector(), numeric(b)) <= 1e-2);

@@ -35,23 +35,6 @@ Reference softmax_cross_entropy64(const Vec& logits, const Ints& targets, double
   return r;
 }
 
-// Targets in [0, V) with about a quarter ignored (-1, or -100 as PyTorch's
-// ignore_index).
-Ints random_targets(int64_t N, int64_t V, uint64_t seed) {
-  std::mt19937_64 gen(seed);
-  std::uniform_int_distribution<int32_t> pick(0, static_cast<int32_t>(V - 1));
-  Ints t(N);
-  for (auto& x : t) x = gen() % 4 == 0 ? (gen() % 2 ? -1 : -100) : pick(gen);
-  return t;
-}
-
-// 1 / (number of rows that count): the upstream gradient of a mean loss.
-float mean_dloss(const Ints& targets) {
-  int64_t valid = 0;
-  for (int32_t t : targets) valid += t >= 0;
-  return valid == 0 ? 1.f : 1.f / static_cast<float>(valid);
-}
-
 Tensor int_tensor(const Ints& v) { return make_int_tensor(v, {static_cast<int64_t>(v.size())}); }
 
 Vec run_forward(const Vec& logits, const Ints& targets, int64_t N, int64_t V) {
@@ -179,17 +162,7 @@ TEST_CASE("cpu softmax cross-entropy backward matches float64 finite differences
       return dloss * s;
     };
     Vec analytic = run_backward(logits, targets, dloss, N, V);
-    const double h = 1e-2;
-    std::vector<double> numeric(N * V);
-    for (int64_t i = 0; i < N * V; i++) {
-      float keep = logits[i], hi = static_cast<float>(keep + h), lo = static_cast<float>(keep - h);
-      logits[i] = hi;
-      double up = objective();
-      logits[i] = lo;
-      double down = objective();
-      logits[i] = keep;
-      numeric[i] = (up - down) / (static_cast<double>(hi) - lo);
-    }
+    std::vector<double> numeric = numerical_gradient(logits, objective);
     REQUIRE(rel_error(analytic, numeric) <= 1e-2);
   }
 }

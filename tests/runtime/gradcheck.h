@@ -21,22 +21,10 @@ inline double dot64(const Tensor& out, const std::vector<float>& r) {
 }
 
 // d loss / d target[i] for every element of `target` (a CPU f32 tensor the
-// loss reads), by central differences.
+// loss reads).
 inline std::vector<double> numerical_gradient(const Tensor& target, const std::function<double()>& loss,
                                               float eps = 1e-2f) {
-  float* p = target.data_as<float>();
-  std::vector<double> grad(target.numel());
-  for (int64_t i = 0; i < target.numel(); i++) {
-    float saved = p[i];
-    float up = saved + eps, down = saved - eps;
-    p[i] = up;
-    double l_up = loss();
-    p[i] = down;
-    double l_down = loss();
-    p[i] = saved;
-    grad[i] = (l_up - l_down) / (static_cast<double>(up) - static_cast<double>(down));
-  }
-  return grad;
+  return numerical_gradient(target.data_as<float>(), target.numel(), loss, eps);
 }
 
 }  // namespace tandem::testing

@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <functional>
 #include <random>
 #include <vector>
 
@@ -117,6 +118,46 @@ double unit_scaled_error(const A& a, const B& b) {
   double scale = 1;
   for (auto x : b) scale = std::max(scale, std::fabs(static_cast<double>(x)));
   return max_abs_diff(a, b) / scale;
+}
+
+// d loss / d values[i] for every i by central differences, in float64 over
+// a forward that computes in fp32: each value steps by +-eps (large enough
+// that fp32 rounding in the forward stays far below the change it causes),
+// and the quotient divides by the step fp32 actually took.
+inline std::vector<double> numerical_gradient(float* values, int64_t n, const std::function<double()>& loss,
+                                              float eps = 1e-2f) {
+  std::vector<double> grad(n);
+  for (int64_t i = 0; i < n; i++) {
+    float keep = values[i], up = keep + eps, down = keep - eps;
+    values[i] = up;
+    double l_up = loss();
+    values[i] = down;
+    double l_down = loss();
+    values[i] = keep;
+    grad[i] = (l_up - l_down) / (static_cast<double>(up) - static_cast<double>(down));
+  }
+  return grad;
+}
+inline std::vector<double> numerical_gradient(std::vector<float>& values, const std::function<double()>& loss,
+                                              float eps = 1e-2f) {
+  return numerical_gradient(values.data(), static_cast<int64_t>(values.size()), loss, eps);
+}
+
+// Class targets in [0, V) with about a quarter ignored (-1, or -100 as
+// PyTorch's ignore_index).
+inline std::vector<int32_t> random_targets(int64_t N, int64_t V, uint64_t seed) {
+  std::mt19937_64 gen(seed);
+  std::uniform_int_distribution<int32_t> pick(0, static_cast<int32_t>(V - 1));
+  std::vector<int32_t> t(N);
+  for (auto& x : t) x = gen() % 4 == 0 ? (gen() % 2 ? -1 : -100) : pick(gen);
+  return t;
+}
+
+// 1 / (number of rows that count): the upstream gradient of a mean loss.
+inline float mean_dloss(const std::vector<int32_t>& targets) {
+  int64_t valid = 0;
+  for (int32_t t : targets) valid += t >= 0;
+  return valid == 0 ? 1.f : 1.f / static_cast<float>(valid);
 }
 
 // A tensor of `dtype` (f32 or bf16) on `device` holding `values`.
