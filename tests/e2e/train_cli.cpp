@@ -123,3 +123,20 @@ TEST_CASE("bad input gets one clear line and exit code 2", "[e2e]") {
   REQUIRE(missing.exit_code != 0);
   REQUIRE(missing.output.find("nonexistent.toml") != std::string::npos);
 }
+
+TEST_CASE("tandem bench kernels runs on the CPU and writes its JSON", "[e2e]") {
+  fs::path out = fs::temp_directory_path() / fmt::format("tandem_bench_{}.json", fresh_seed());
+  Run r = run("bench kernels --device cpu --json " + out.string());
+  INFO(r.output);
+  REQUIRE(r.exit_code == 0);
+  REQUIRE(r.output.find("% peak") != std::string::npos);
+  std::ifstream in(out);
+  nlohmann::json report = nlohmann::json::parse(in);
+  REQUIRE(report["device"] == "cpu");
+  REQUIRE(report["results"].size() >= 17);  // every kernel family
+  for (const auto& row : report["results"]) {
+    REQUIRE(row["ms"].get<double>() > 0);
+    REQUIRE(std::isfinite(row["gbytes_per_s"].get<double>()));
+  }
+  fs::remove(out);
+}
