@@ -1,0 +1,92 @@
+// The Communicator: collectives over a group of ranks. Every call is
+// asynchronous: it enqueues the operation and returns a Work; waiting is
+// explicit. Buffers are typed spans (pointer, element count, dtype,
+// device), never a void* and a byte count.
+//
+// Backends: Gloo (CPU buffers; a comm thread runs the operations in issue
+// order, so they overlap the caller's compute) and NCCL (CUDA buffers; its
+// own comm stream; the id is exchanged through the Store).
+#pragma once
+
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "collectives/store.h"
+#include "runtime/core/stream.h"
+#include "runtime/core/tensor.h"
+
+namespace tandem::collectives {
+
+enum class ReduceOp { sum, avg, max };
+const char* reduce_op_name(ReduceOp op);
+
+struct Buffer {
+  void* data = nullptr;
+  int64_t count = 0;  // elements
+  DType dtype = DType::f32;
+  Device device = Device::cpu();
+
+  static Buffer of(const Tensor& t) { return {t.data(), t.numel(), t.dtype(), t.device()}; }
+  size_t bytes() const { return static_cast<size_t>(count) * dtype_size(dtype); }
+};
+
+// A collective that did not complete in time. The message names the
+// collective, its sequence number in the group, its size in bytes and the
+// ranks that had not issued it.
+class CollectiveTimeout : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+class Work {
+ public:
+  virtual ~Work() = default;
+  // Blocks until the operation completed (for NCCL: until the comm stream
+  // reached it). Throws CollectiveTimeout after `timeout`, or the backend's
+  // error; never hangs.
+  virtual void wait(Millis timeout) = 0;
+  virtual bool completed() = 0;
+  // Makes `stream` wait for the operation without blocking the host (NCCL:
+  // an event; Gloo: the same as wait()).
+  virtual void wait_stream(const Stream& stream, Millis timeout) = 0;
+};
+
+class Communicator {
+ public:
+  virtual ~Communicator() = default;
+  virtual int rank() const = 0;
+  virtual int size() const = 0;
+  virtual const char* backend() const = 0;  // "gloo", "nccl"
+
+  // In place: every rank's `buf` ends holding the reduction of all of them.
+  virtual std::shared_ptr<Work> all_reduce(Buffer buf, ReduceOp op) = 0;
+  virtual std::shared_ptr<Work> broadcast(Buffer buf, int root) = 0;
+  // out holds size() * in.count elements, rank r's input at r * in.count.
+  virtual std::shared_ptr<Work> all_gather(Buffer out, Buffer in) = 0;
+  // in holds size() * out.count elements; rank r gets the reduction of
+  // every rank's block r.
+  virtual std::shared_ptr<Work> reduce_scatter(Buffer out, Buffer in, ReduceOp op) = 0;
+  virtual std::shared_ptr<Work> barrier() = 0;
+  virtual std::shared_ptr<Work> send(Buffer buf, int peer) = 0;
+  virtual std::shared_ptr<Work> recv(Buffer buf, int peer) = 0;
+
+  // Sub-groups: ranks that pass the same `color` form a new communicator,
+  // ordered by (key, rank). Every rank of this group must call split.
+  virtual std::shared_ptr<Communicator> split(int color, int key) = 0;
+};
+
+struct CommOptions {
+  Millis timeout{std::chrono::seconds(300)};  // per collective
+  std::string host = "127.0.0.1";             // this rank's address for Gloo's TCP pairs
+};
+
+// Ranks rendezvous through `store` (each group under its own prefix).
+std::shared_ptr<Communicator> make_gloo_communicator(std::shared_ptr<Store> store, int rank, int size,
+                                                     const CommOptions& options);
+// Throws UserError in a build without CUDA.
+std::shared_ptr<Communicator> make_nccl_communicator(std::shared_ptr<Store> store, int rank, int size,
+                                                     Device device, const CommOptions& options);
+
+}  // namespace tandem::collectives
