@@ -4,7 +4,7 @@
 //   TcpStore     a client of a TcpStoreServer (served by the launcher, or by
 //                rank 0 when a job is started by hand), token-authenticated;
 //   PrefixStore  a namespace inside another store (one per process group).
-// gloo_store() adapts any of them to Gloo's rendezvous::Store.
+// make_gloo_store() (gloo_store.h) adapts any of them to Gloo's rendezvous::Store.
 #pragma once
 
 #include <chrono>

@@ -31,6 +31,10 @@ struct TrainConfig {
   bool nesterov = false;              // sgd
   double beta1 = 0.9, beta2 = 0.999, eps = 1e-8;  // adamw
   double grad_clip = 0.0;             // 0: no clipping
+  int64_t grad_accum_steps = 1;       // micro-batches per optimizer step
+  std::string backend;                // data parallelism: "gloo", "nccl", or "" (the launcher's choice)
+  double bucket_cap_mb = 25.0;        // gradient bucket size for the all-reduce
+  double comm_timeout = 300.0;        // seconds a collective may take before it is an error
   int64_t log_every = 50;
   int64_t eval_every = 0;             // steps; 0: at the end of every epoch
   int64_t ckpt_every = 0;             // steps; 0: only at the end

@@ -17,8 +17,8 @@ Linear::Linear(ParameterSet& params, const std::string& prefix, int64_t in_featu
                bool bias)
     : in_(in_features), out_(out_features) {
   float bound = 1.f / std::sqrt(static_cast<float>(in_features));
-  weight_ = params.add(prefix + ".weight", {out_features, in_features}, Init::uniform(bound));
-  if (bias) bias_ = params.add(prefix + ".bias", {out_features}, Init::uniform(bound));
+  weight_ = own(params.add(prefix + ".weight", {out_features, in_features}, Init::uniform(bound)));
+  if (bias) bias_ = own(params.add(prefix + ".bias", {out_features}, Init::uniform(bound)));
 }
 
 Tensor Linear::forward(const Tensor& input, Context& ctx) {
@@ -66,8 +66,8 @@ Tensor Activation::backward(const Tensor& grad_output, Context& ctx) {
 
 LayerNorm::LayerNorm(ParameterSet& params, const std::string& prefix, int64_t features, float eps)
     : features_(features), eps_(eps) {
-  weight_ = params.add(prefix + ".weight", {features}, Init::ones());
-  bias_ = params.add(prefix + ".bias", {features}, Init::zeros());
+  weight_ = own(params.add(prefix + ".weight", {features}, Init::ones()));
+  bias_ = own(params.add(prefix + ".bias", {features}, Init::zeros()));
 }
 
 Tensor LayerNorm::forward(const Tensor& input, Context& ctx) {
@@ -94,7 +94,7 @@ Tensor LayerNorm::backward(const Tensor& grad_output, Context& ctx) {
 
 Embedding::Embedding(ParameterSet& params, const std::string& prefix, int64_t num, int64_t dim)
     : num_(num), dim_(dim) {
-  weight_ = params.add(prefix + ".weight", {num, dim}, Init::normal(1.f));
+  weight_ = own(params.add(prefix + ".weight", {num, dim}, Init::normal(1.f)));
 }
 
 Tensor Embedding::forward(const Tensor& indices, Context& ctx) {
@@ -146,7 +146,11 @@ Tensor Sequential::forward(const Tensor& input, Context& ctx) {
 
 Tensor Sequential::backward(const Tensor& grad_output, Context& ctx) {
   Tensor g = grad_output;
-  for (auto it = modules_.rbegin(); it != modules_.rend(); ++it) g = (*it)->backward(g, ctx);
+  for (auto it = modules_.rbegin(); it != modules_.rend(); ++it) {
+    g = (*it)->backward(g, ctx);
+    if (ctx.grad_ready)
+      for (const Parameter* p : (*it)->parameters()) ctx.grad_ready(*p);
+  }
   return g;
 }
 
@@ -169,9 +173,9 @@ Tensor CrossEntropyLoss::forward(const Tensor& logits, const Tensor& targets, Co
   return losses_;
 }
 
-Tensor CrossEntropyLoss::backward(Context& ctx) {
+Tensor CrossEntropyLoss::backward(Context& ctx, float scale) {
   ensure_buffer(grad_logits_, logits_.shape(), logits_.dtype(), ctx.device);
-  float dloss = num_valid_ > 0 ? 1.f / static_cast<float>(num_valid_) : 0.f;
+  float dloss = num_valid_ > 0 ? scale / static_cast<float>(num_valid_) : 0.f;
   kernels::softmax_cross_entropy_backward(grad_logits_, logits_, targets_, dloss, ctx.stream);
   return grad_logits_;
 }

@@ -113,8 +113,9 @@ class CrossEntropyLoss {
   // logits (N, C); targets (N) i32 on the same device. Returns the per-row
   // losses (N) f32; mean() reads their mean back to the host.
   Tensor forward(const Tensor& logits, const Tensor& targets, Context& ctx);
-  // The gradient of the mean loss with respect to the logits.
-  Tensor backward(Context& ctx);
+  // The gradient of `scale` times the mean loss with respect to the logits
+  // (scale = 1 / micro-steps under gradient accumulation).
+  Tensor backward(Context& ctx, float scale = 1.f);
   // Mean of the last forward's losses over the valid rows (synchronizes).
   double mean(Context& ctx);
 

@@ -7,7 +7,7 @@
 
 namespace tandem {
 
-Optimizer::Optimizer(const ParameterSet& params, const OptimizerConfig& config, uint64_t seed)
+Optimizer::Optimizer(const ParameterSet& params, const OptimizerConfig& config, const Tensor& initial)
     : params_(params), config_(config) {
   TANDEM_CHECK(params.allocated(), "Optimizer needs allocated parameters");
   if (config.name != "adamw" && config.name != "sgd")
@@ -15,7 +15,7 @@ Optimizer::Optimizer(const ParameterSet& params, const OptimizerConfig& config, 
   Device device = params.values().device();
   int64_t n = params.numel();
   if (params.values().dtype() != DType::f32)
-    master_ = Tensor::from_vector(params.initial_values(seed), {n}).to(device);
+    master_ = initial.to(device);
   if (config.name == "adamw") {
     exp_avg_ = Tensor::zeros({n}, DType::f32, device);
     exp_avg_sq_ = Tensor::zeros({n}, DType::f32, device);

@@ -24,8 +24,8 @@ struct OptimizerConfig {
 class Optimizer {
  public:
   // Builds the state for `params` (allocated) and seeds the master copy
-  // from the same initial values the parameters got from `seed`.
-  Optimizer(const ParameterSet& params, const OptimizerConfig& config, uint64_t seed);
+  // from `initial`, the fp32 values the parameters were allocated from.
+  Optimizer(const ParameterSet& params, const OptimizerConfig& config, const Tensor& initial);
 
   // One update with learning rate `lr`; gradients are multiplied by
   // `grad_scale` first (gradient clipping).

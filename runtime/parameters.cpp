@@ -31,11 +31,12 @@ Parameter* ParameterSet::add(std::string name, Shape shape, Init init) {
   return &p;
 }
 
-std::vector<float> ParameterSet::initial_values(uint64_t seed) const {
-  std::vector<float> host(numel_, 0.f);
+Tensor ParameterSet::initial_values(uint64_t seed) const {
+  Tensor out = Tensor::zeros({numel_}, DType::f32, Device::cpu());
+  float* host = out.data_as<float>();
   for (size_t index = 0; index < params_.size(); index++) {
     const Parameter& p = params_[index];
-    float* dst = host.data() + p.offset;
+    float* dst = host + p.offset;
     uint64_t key = init_key(seed, index);
     for (int64_t i = 0; i < p.numel(); i++) {
       switch (p.init.kind) {
@@ -46,10 +47,12 @@ std::vector<float> ParameterSet::initial_values(uint64_t seed) const {
       }
     }
   }
-  return host;
+  return out;
 }
 
-void ParameterSet::allocate(Device device, DType dtype, uint64_t seed) {
+void ParameterSet::allocate(Device device, DType dtype, const Tensor& initial) {
+  TANDEM_CHECK(initial.dtype() == DType::f32 && initial.numel() == numel_, "initial values: " +
+                                                                               shape_str(initial.shape()));
   TANDEM_CHECK(!allocated(), "ParameterSet::allocate twice");
   values_ = Tensor::empty({numel_}, dtype, device);
   grads_ = Tensor::zeros({numel_}, dtype, device);
@@ -57,11 +60,11 @@ void ParameterSet::allocate(Device device, DType dtype, uint64_t seed) {
     p.value = values_.view(p.offset, p.shape);
     p.grad = grads_.view(p.offset, p.shape);
   }
-  Tensor host = Tensor::from_vector(initial_values(seed), {numel_});
   if (dtype == DType::f32) {
-    values_.copy_from(host);
+    values_.copy_from(initial);
+    if (device.is_cuda()) Stream::default_for(device).synchronize();
   } else {
-    Tensor staged = host.to(device);
+    Tensor staged = initial.device() == device ? initial : initial.to(device);
     Stream stream = Stream::default_for(device);
     kernels::cast(values_, staged, stream);
     stream.synchronize();

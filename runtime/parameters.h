@@ -43,14 +43,17 @@ class ParameterSet {
   // Registers a parameter; the pointer stays valid for the set's lifetime.
   Parameter* add(std::string name, Shape shape, Init init);
 
-  // Makes the flat buffers on `device` in `dtype`, binds every view and
-  // fills the values from `seed`. Gradients start at zero.
-  void allocate(Device device, DType dtype, uint64_t seed);
-  bool allocated() const { return values_.defined(); }
+  // The initial values as a flat fp32 CPU tensor, drawn from `seed`. Data
+  // parallelism broadcasts rank 0's before allocate; the optimizer seeds
+  // its fp32 master copy from the same tensor.
+  Tensor initial_values(uint64_t seed) const;
 
-  // The initial values in fp32 on the host, in flat order (what allocate
-  // writes, before any cast); the optimizer seeds its master copy from it.
-  std::vector<float> initial_values(uint64_t seed) const;
+  // Makes the flat buffers on `device` in `dtype`, binds every view and
+  // fills the values from `initial` (fp32, numel() elements, any device;
+  // cast to `dtype`). Gradients start at zero.
+  void allocate(Device device, DType dtype, const Tensor& initial);
+  void allocate(Device device, DType dtype, uint64_t seed) { allocate(device, dtype, initial_values(seed)); }
+  bool allocated() const { return values_.defined(); }
 
   const Tensor& values() const { return values_; }
   const Tensor& grads() const { return grads_; }

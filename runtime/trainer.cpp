@@ -11,6 +11,7 @@
 #include "runtime/layers.h"
 #include "runtime/metrics.h"
 #include "runtime/optimizer.h"
+#include "runtime/parallel/ddp.h"
 #include "runtime/sampler.h"
 
 namespace tandem {
@@ -86,98 +87,171 @@ double evaluate_accuracy(Module& model, const ImageDataset& data, int64_t batch_
   return static_cast<double>(correct) / static_cast<double>(data.count);
 }
 
-TrainSummary train_classifier(const TrainConfig& config, Module& model, ParameterSet& params,
-                              const ImageDataset& train, const ImageDataset& test, const TrainOutputs& outputs) {
+namespace {
+
+// The device, dtype, stream and seed a run computes with; checks that the
+// config's device exists.
+Context make_context(const TrainConfig& config, const parallel::WorldEnv& world) {
   Context ctx;
   ctx.device = resolve_device(config.device);
   ctx.dtype = parse_dtype(config.dtype);
   if (ctx.device.is_cuda()) {
     require_cuda(fmt::format("device = \"{}\"", config.device).c_str());
+    // One GPU per local rank when the config names no index.
+    if (config.device == "cuda" || config.device == "auto") ctx.device.index = world.local_rank;
     if (ctx.device.index >= cuda_device_count())
-      throw UserError(fmt::format("device {} does not exist ({} CUDA devices visible)", config.device, cuda_device_count()));
+      throw UserError(fmt::format("device cuda:{} does not exist ({} CUDA devices visible)", ctx.device.index,
+                                  cuda_device_count()));
     set_current_device(ctx.device);
   } else if (ctx.dtype != DType::f32) {
     throw UserError(fmt::format("dtype = \"{}\" needs device = \"cuda\"; the CPU path trains in f32", config.dtype));
   }
   ctx.stream = Stream::create(ctx.device);
   ctx.seed = static_cast<uint64_t>(config.seed);
+  return ctx;
+}
 
-  params.allocate(ctx.device, ctx.dtype, ctx.seed);
+// Rank 0's initial weights on every rank, after checking that all ranks
+// built the same model.
+Tensor initial_weights(const ParameterSet& params, const Context& ctx, const parallel::ProcessGroup& pg,
+                       collectives::Millis timeout) {
+  Tensor init = params.initial_values(ctx.seed);
+  if (!pg.comm) return init;
+  parallel::check_same_parameters(params, ctx.dtype, *pg.comm, *pg.store, timeout);
+  if (ctx.device.is_cuda() && std::string(pg.comm->backend()) == "nccl") init = init.to(ctx.device);
+  parallel::broadcast_from_rank0(init, *pg.comm, timeout);
+  return init;
+}
+
+}  // namespace
+
+TrainSummary train_classifier(const TrainConfig& config, Module& model, ParameterSet& params,
+                              const ImageDataset& train, const ImageDataset& test, const TrainOutputs& outputs,
+                              const parallel::ProcessGroup& pg) {
+  Context ctx = make_context(config, pg.env);
+  auto timeout = collectives::Millis(static_cast<int64_t>(config.comm_timeout * 1000));
+  bool leader = pg.rank() == 0;  // rank 0 logs, writes metrics and checkpoints
+
+  Tensor init = initial_weights(params, ctx, pg, timeout);
+  params.allocate(ctx.device, ctx.dtype, init);
   OptimizerConfig oc{config.optimizer, static_cast<float>(config.weight_decay), static_cast<float>(config.momentum),
                      config.nesterov, static_cast<float>(config.beta1), static_cast<float>(config.beta2),
                      static_cast<float>(config.eps)};
-  Optimizer optimizer(params, oc, ctx.seed);
-  EpochSampler sampler(train.count, config.batch_size, ctx.seed);
-  int64_t total_steps = config.max_steps > 0 ? config.max_steps : config.epochs * sampler.steps_per_epoch();
+  Optimizer optimizer(params, oc, init);
+  init = Tensor();
+
+  // Micro-batches: batch_size per rank, grad_accum_steps of them per step.
+  EpochSampler sampler(train.count, config.batch_size, ctx.seed, pg.rank(), pg.size());
+  int64_t accum = config.grad_accum_steps;
+  int64_t steps_per_epoch = sampler.steps_per_epoch() / accum;
+  if (steps_per_epoch == 0)
+    throw UserError(fmt::format("batch_size {} x grad_accum_steps {} x {} ranks exceeds the data set ({} samples)",
+                                config.batch_size, accum, pg.size(), train.count));
+  int64_t total_steps = config.max_steps > 0 ? config.max_steps : config.epochs * steps_per_epoch;
+  int64_t global_batch = config.batch_size * accum * pg.size();
   LrSchedule schedule{static_cast<float>(config.lr), config.warmup_steps, total_steps,
                       static_cast<float>(config.min_lr_ratio), config.lr_schedule == "cosine"};
-  log_info("training {} ({} parameters) on {} in {}: {} steps of {} samples, {} per epoch", config.model,
-           params.numel(), ctx.device.str(), config.dtype, total_steps, config.batch_size, sampler.steps_per_epoch());
+  if (leader)
+    log_info("training {} ({} parameters) on {} x {} in {}: {} steps of {} samples, {} per epoch", config.model,
+             params.numel(), pg.size(), ctx.device.str(), config.dtype, total_steps, global_batch, steps_per_epoch);
 
-  MetricsLog metrics(outputs.metrics_out);
+  std::unique_ptr<parallel::Reducer> reducer;
+  bool sync_grads = false;  // false on micro-steps that only accumulate (no_sync)
+  if (pg.comm) {
+    reducer = std::make_unique<parallel::Reducer>(
+        params, pg.comm, parallel::DdpOptions{config.bucket_cap_mb, std::min(1.0, config.bucket_cap_mb), timeout});
+    ctx.grad_ready = [&](const Parameter& p) {
+      if (sync_grads) reducer->grad_ready(p, ctx.stream);
+    };
+  }
+
+  MetricsLog metrics(leader ? outputs.metrics_out : "");
   BatchBuffers batch(config.batch_size, train.features(), ctx);
   CrossEntropyLoss loss_fn;
   GradClipper clipper(ctx.device);
   TrainSummary summary;
   auto run_start = Clock::now(), interval_start = run_start;
   int64_t interval_steps = 0;
+  double interval_comm_ms = 0, interval_exposed_ms = 0;
 
   auto evaluate = [&](int64_t step) {
     summary.test_accuracy = evaluate_accuracy(model, test, 1000, ctx);
-    metrics.write({{"step", step}, {"epoch", (step - 1) / sampler.steps_per_epoch()}, {"test_accuracy", summary.test_accuracy}});
-    log_info("step {}: test accuracy {:.4f}", step, summary.test_accuracy);
+    metrics.write({{"step", step}, {"epoch", (step - 1) / steps_per_epoch}, {"test_accuracy", summary.test_accuracy}});
+    if (leader) log_info("step {}: test accuracy {:.4f}", step, summary.test_accuracy);
   };
   auto checkpoint = [&](int64_t step) {
     ctx.stream.synchronize();
     CheckpointData data{step, model_tensors(params, optimizer), {}, nlohmann::json::object()};
     for (auto& [name, t] : optimizer.state()) data.optimizer.push_back({name, t});
     data.info = {{"config", to_toml(config)}, {"optimizer_steps", optimizer.steps_taken()},
-                 {"data_cursor", {{"next_step", step}}}, {"seed", config.seed}};
+                 {"data_cursor", {{"next_step", step}}}, {"seed", config.seed}, {"world_size", pg.size()}};
     summary.checkpoint = save_checkpoint(outputs.ckpt_dir, data);
     log_info("wrote checkpoint {}", summary.checkpoint);
   };
 
   for (int64_t step = 0; step < total_steps; step++) {
-    std::vector<int64_t> indices = sampler.batch(step);
-    batch.load(train, indices.data(), config.batch_size, ctx);
-    ctx.rng_offset = static_cast<uint64_t>(step) << 32;  // each step's own Philox counters
+    int64_t done = step + 1;
+    bool last = done == total_steps;
+    bool log_now = done % config.log_every == 0 || last;
+    double local_loss = 0;  // mean over this rank's micro-batches, when logging
     params.zero_grads(ctx.stream);
-    Tensor logits = model.forward(batch.x, ctx);
-    loss_fn.forward(logits, batch.y, ctx);
-    model.backward(loss_fn.backward(ctx), ctx);
+    for (int64_t micro = 0; micro < accum; micro++) {
+      int64_t index = step * accum + micro;
+      std::vector<int64_t> indices = sampler.batch(index);
+      batch.load(train, indices.data(), config.batch_size, ctx);
+      ctx.rng_offset = static_cast<uint64_t>(step) << 32;  // each step's own Philox counters
+      ctx.batch_slot = micro * pg.size() + pg.rank();
+      ctx.batch_slots = accum * pg.size();
+      sync_grads = reducer && micro == accum - 1;
+      if (sync_grads) reducer->prepare();
+      Tensor logits = model.forward(batch.x, ctx);
+      loss_fn.forward(logits, batch.y, ctx);
+      model.backward(loss_fn.backward(ctx, 1.f / static_cast<float>(accum)), ctx);
+      if (log_now) local_loss += loss_fn.mean(ctx) / static_cast<double>(accum);
+    }
+    if (reducer) {
+      parallel::ReduceTimes t = reducer->finish(ctx.stream);
+      interval_comm_ms += t.comm_ms;
+      interval_exposed_ms += t.exposed_ms;
+    }
     ClipResult clip = config.grad_clip > 0 ? clipper.compute(params, static_cast<float>(config.grad_clip), ctx.stream)
                                            : ClipResult{0.0, 1.f};
     float lr = schedule.at(step);
     optimizer.step(lr, clip.scale, ctx.stream);
     interval_steps++;
 
-    int64_t done = step + 1;
-    bool last = done == total_steps;
-    if (done % config.log_every == 0 || last) {
-      summary.final_loss = loss_fn.mean(ctx);  // synchronizes the stream
+    if (log_now) {
+      ctx.stream.synchronize();
+      summary.final_loss = pg.comm ? parallel::mean_over_ranks(local_loss, ctx.device, *pg.comm, timeout) : local_loss;
       double elapsed = seconds_since(interval_start);
       double step_ms = 1000.0 * elapsed / interval_steps;
-      double samples_per_s = interval_steps * config.batch_size / elapsed;
-      nlohmann::json record = {{"step", done},          {"epoch", step / sampler.steps_per_epoch()},
-                               {"loss", summary.final_loss}, {"lr", lr},
-                               {"samples_per_s", samples_per_s}, {"step_ms", step_ms},
-                               {"world_size", 1}};
+      double samples_per_s = interval_steps * global_batch / elapsed;
+      nlohmann::json record = {{"step", done},
+                               {"epoch", step / steps_per_epoch},
+                               {"loss", summary.final_loss},
+                               {"lr", lr},
+                               {"samples_per_s", samples_per_s},
+                               {"step_ms", step_ms},
+                               {"world_size", pg.size()},
+                               {"comm_ms", interval_comm_ms / interval_steps},
+                               {"exposed_comm_ms", interval_exposed_ms / interval_steps}};
       if (config.grad_clip > 0) record["grad_norm"] = clip.norm;
       metrics.write(record);
-      if (outputs.progress) {
+      if (outputs.progress && leader) {
         double eta = seconds_since(run_start) / done * (total_steps - done);
         log_info("step {:>6}/{} | epoch {} | loss {:.4f} | lr {:.2e} | {:.0f} samples/s | {:.2f} ms/step | ETA {}",
-                 done, total_steps, step / sampler.steps_per_epoch(), summary.final_loss, lr, samples_per_s, step_ms,
+                 done, total_steps, step / steps_per_epoch, summary.final_loss, lr, samples_per_s, step_ms,
                  format_duration(eta));
       }
       interval_start = Clock::now();
       interval_steps = 0;
+      interval_comm_ms = interval_exposed_ms = 0;
     }
     // Evaluation and checkpoints stay out of the throughput figures.
     auto pause = Clock::now();
-    bool epoch_end = done % sampler.steps_per_epoch() == 0;
+    bool epoch_end = done % steps_per_epoch == 0;
     if ((config.eval_every > 0 ? done % config.eval_every == 0 : epoch_end) || last) evaluate(done);
-    if (!outputs.ckpt_dir.empty() && ((config.ckpt_every > 0 && done % config.ckpt_every == 0) || last))
+    if (leader && !outputs.ckpt_dir.empty() && ((config.ckpt_every > 0 && done % config.ckpt_every == 0) || last))
       checkpoint(done);
     interval_start += Clock::now() - pause;
   }

@@ -1,6 +1,6 @@
 // The training loop for classifiers on in-memory image data (the MLP on
-// Fashion-MNIST): sample, forward, loss, backward, clip, step, log,
-// evaluate, checkpoint.
+// Fashion-MNIST): sample, forward, loss, backward (all-reducing gradient
+// buckets as they fill), clip, step, log, evaluate, checkpoint.
 #pragma once
 
 #include <string>
@@ -9,6 +9,7 @@
 #include "runtime/idx_dataset.h"
 #include "runtime/module.h"
 #include "runtime/parameters.h"
+#include "runtime/parallel/process_group.h"
 
 namespace tandem {
 
@@ -28,8 +29,12 @@ struct TrainSummary {
 
 // `model` maps (B, features) inputs to (B, classes) logits; its parameters
 // are `params` (not yet allocated: the trainer places them on the device).
+// With a communicator in `pg`, this is one rank of a data-parallel job:
+// every rank trains on its slice of each global batch and gradients are
+// averaged (runtime/parallel/ddp.h); rank 0 logs and checkpoints.
 TrainSummary train_classifier(const TrainConfig& config, Module& model, ParameterSet& params,
-                              const ImageDataset& train, const ImageDataset& test, const TrainOutputs& outputs);
+                              const ImageDataset& train, const ImageDataset& test, const TrainOutputs& outputs,
+                              const parallel::ProcessGroup& pg = {});
 
 // Fraction of `data` classified correctly, in batches of `batch_size`.
 double evaluate_accuracy(Module& model, const ImageDataset& data, int64_t batch_size, Context& ctx);

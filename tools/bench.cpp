@@ -4,7 +4,9 @@
 #include <fstream>
 #include <memory>
 
+#include "bench/bench_collectives.h"
 #include "bench/bench_kernels.h"
+#include "runtime/parallel/process_group.h"
 #include "runtime/core/error.h"
 #include "tools/commands.h"
 
@@ -37,6 +39,41 @@ void run_bench_kernels(const BenchArgs& args) {
   }
 }
 
+struct CollectiveArgs {
+  std::string backend;  // empty: the launcher's choice, else nccl with GPUs, gloo without
+  std::string json_out;
+  int64_t max_bytes = int64_t{256} << 20;
+};
+
+void run_bench_collectives(const CollectiveArgs& args) {
+  parallel::WorldEnv world = parallel::read_world_env();
+  std::string backend = !args.backend.empty() ? args.backend : world.backend;
+  bool gpu = backend == "nccl" || (backend.empty() && cuda_device_count() > 0);
+  Device device = gpu ? Device::cuda(world.local_rank % std::max(1, cuda_device_count())) : Device::cpu();
+  if (gpu) {
+    require_cuda("tandem bench collectives --backend nccl");
+    set_current_device(device);
+  }
+  bench::CollectiveOptions options;
+  options.max_bytes = args.max_bytes;
+  parallel::ProcessGroup pg = parallel::init_process_group(gpu ? "nccl" : "gloo", device, options.timeout);
+  std::shared_ptr<collectives::Communicator> comm = pg.comm;
+  if (!comm) {  // a world of one still measures the backend's local cost
+    collectives::CommOptions co;
+    co.timeout = options.timeout;
+    comm = gpu ? collectives::make_nccl_communicator(collectives::make_memory_store(), 0, 1, device, co)
+               : collectives::make_gloo_communicator(collectives::make_memory_store(), 0, 1, co);
+  }
+  auto results = bench::run_collective_bench(*comm, device, options);
+  if (comm->rank() != 0) return;
+  bench::print_collective_table(results, *comm);
+  if (!args.json_out.empty()) {
+    std::ofstream out(args.json_out);
+    out << bench::collective_json(results, *comm).dump(2) << "\n";
+    if (!out) throw UserError(fmt::format("cannot write {}", args.json_out));
+  }
+}
+
 }  // namespace
 
 void add_bench_command(CLI::App& app) {
@@ -49,6 +86,14 @@ void add_bench_command(CLI::App& app) {
   kernels->add_option("--compare", args->compare, "Flag kernels slower than in this --json baseline");
   kernels->add_option("--tolerance", args->tolerance, "Slowdown that counts as a regression (default 0.10)");
   kernels->callback([args] { run_bench_kernels(*args); });
+
+  auto cargs = std::make_shared<CollectiveArgs>();
+  CLI::App* coll = bench->add_subcommand("collectives", "all_reduce/all_gather/reduce_scatter/broadcast, 8 B to 256 MB");
+  coll->add_option("--backend", cargs->backend, "gloo or nccl (default: the launcher's choice)")
+      ->check(CLI::IsMember({"gloo", "nccl"}));
+  coll->add_option("--json", cargs->json_out, "Write the results as JSON (rank 0)");
+  coll->add_option("--max-bytes", cargs->max_bytes, "Largest size (default 256 MiB)")->check(CLI::Range(int64_t{8}, int64_t{1} << 34));
+  coll->callback([cargs] { run_bench_collectives(*cargs); });
 }
 
 }  // namespace tandem::tools

@@ -32,8 +32,11 @@ void run_train(const TrainArgs& args) {
 
   models::MlpOptions options = models::parse_mlp_options(config.model_options, train.features(), 10, args.config);
   models::Mlp mlp(options);
+  auto timeout = collectives::Millis(static_cast<int64_t>(config.comm_timeout * 1000));
+  parallel::ProcessGroup pg = parallel::init_process_group(config.backend, resolve_device(config.device), timeout);
   TrainSummary s = train_classifier(config, mlp.net, mlp.params, train, test,
-                                    {.metrics_out = args.metrics_out, .ckpt_dir = args.ckpt_dir});
+                                    {.metrics_out = args.metrics_out, .ckpt_dir = args.ckpt_dir}, pg);
+  if (pg.rank() != 0) return;  // rank 0 prints the summary
   fmt::print("{{\"steps\": {}, \"final_loss\": {:.6f}, \"test_accuracy\": {:.4f}, \"seconds\": {:.1f}}}\n", s.steps,
              s.final_loss, s.test_accuracy, s.seconds);
 }

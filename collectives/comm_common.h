@@ -1,0 +1,96 @@
+// What the Gloo and NCCL backends share: the descriptor each public call
+// builds, the argument checks, the sequence records that let a timeout name
+// the ranks that are behind, the arrival check at setup and the membership
+// of split(). Internal to collectives/; not part of the public API.
+//
+// Note [Naming the missing ranks]
+// Every rank numbers the collectives it issues in a group 1, 2, 3, ... and,
+// when it issues one, writes that number to the group's store under
+// "seq/<rank>" (one small set per call). A rank whose wait runs out reads
+// every rank's record and names those whose last issued number is below the
+// one it waits for: they have not called the collective yet (a rank that
+// never called any has no record and counts as 0). When no rank is behind,
+// the message says so: someone is stuck inside an earlier operation, or the
+// timeout is too short for the transfer. Point-to-point operations are
+// numbered per (sender, receiver) pair instead, and a timeout names the peer.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "collectives/communicator.h"
+
+namespace tandem::collectives::detail {
+
+enum class OpKind : uint8_t { all_reduce, broadcast, all_gather, reduce_scatter, barrier, send, recv };
+const char* op_name(OpKind kind);  // "all_reduce", ...
+inline bool is_p2p(OpKind kind) { return kind == OpKind::send || kind == OpKind::recv; }
+inline bool is_reduction(OpKind kind) { return kind == OpKind::all_reduce || kind == OpKind::reduce_scatter; }
+
+// One operation, as every public call describes it before it goes through
+// the one checking path and into the backend.
+struct OpDesc {
+  OpKind kind = OpKind::barrier;
+  Buffer out;  // the in-place buffer (all_reduce, broadcast, send, recv) or the output
+  Buffer in;   // the input of all_gather and reduce_scatter; otherwise unused
+  ReduceOp reduce = ReduceOp::sum;
+  int peer = -1;    // broadcast: the root; send/recv: the other rank
+  int64_t seq = 0;  // collectives: issue number in the group; p2p: number within the (sender, receiver) pair
+
+  // Bytes this rank contributes: what a timeout message reports.
+  size_t bytes() const { return kind == OpKind::all_gather || kind == OpKind::reduce_scatter ? in.bytes() : out.bytes(); }
+};
+
+// "all_reduce #3 (4000 bytes)", "send #1 to rank 2 (400 bytes)": how errors name an operation.
+std::string describe(const OpDesc& op);
+
+// Argument checks every backend shares (TANDEM_CHECK, naming the op):
+// non-negative counts, non-null data, the root or peer in range, all_gather
+// and reduce_scatter sizes and dtypes. Device and dtype support are the
+// backend's own checks.
+void check_args(const OpDesc& op, int rank, int size, const char* backend);
+
+// The seq records of one group (Note [Naming the missing ranks]).
+class GroupTracker {
+ public:
+  // `world_ranks[r]` is group rank r's rank in the world the group was split
+  // from (the identity for a world group), so messages name both.
+  GroupTracker(std::shared_ptr<Store> store, int rank, int size, std::string backend, std::vector<int> world_ranks);
+
+  // Records that this rank issued collective `seq`. Best effort: the record
+  // only feeds error messages, so a failing store does not fail the call.
+  void record_issue(int64_t seq) const;
+  // (rank, last issued seq) of every other rank whose last issued collective is below `seq`.
+  std::vector<std::pair<int, int64_t>> behind(int64_t seq) const;
+  // The CollectiveTimeout message for `op` after `waited`.
+  std::string timeout_message(const OpDesc& op, Millis waited) const;
+  // "rank 3" or "rank 1 (world rank 3)".
+  std::string rank_name(int group_rank) const;
+
+  const std::shared_ptr<Store>& store() const { return store_; }
+  const std::vector<int>& world_ranks() const { return world_ranks_; }
+
+ private:
+  std::shared_ptr<Store> store_;
+  int rank_, size_;
+  std::string backend_;
+  std::vector<int> world_ranks_;
+};
+
+// Publishes "arrived/<rank>" and waits for every rank of the group; throws
+// CollectiveTimeout naming the ranks that did not arrive within `timeout`.
+void await_all_ranks(Store& store, int rank, int size, const std::string& what, Millis timeout);
+
+// split(): publishes this rank's (color, key) as split number `split_id`,
+// gathers everyone's, and returns the group ranks of `color` ordered by
+// (key, rank). Throws CollectiveTimeout naming the ranks that did not call it.
+std::vector<int> split_members(Store& store, int rank, int size, int64_t split_id, int color, int key,
+                               Millis timeout);
+
+// The store prefix of split number `split_id`'s sub-group of `color`.
+std::string split_prefix(int64_t split_id, int color);
+
+}  // namespace tandem::collectives::detail

@@ -1,0 +1,348 @@
+// The NCCL backend: collectives over CUDA buffers, on the communicator's own
+// stream (Note [NCCL comm stream] in nccl_communicator.h).
+//
+// Note [NCCL never blocks the host]
+// The communicator is created non-blocking (ncclConfig_t::blocking = 0): an
+// init or an enqueue may return ncclInProgress, and we poll
+// ncclCommGetAsyncError until it settles or the timeout passes. A Work is a
+// CUDA event recorded on the comm stream after the operation; wait() polls it
+// until the timeout, then aborts the communicator (a NCCL kernel whose peer
+// never comes spins on the GPU forever; only an abort stops it) and throws
+// CollectiveTimeout naming the ranks that had not issued the operation (Note
+// [Naming the missing ranks] in comm_common.h). An aborted communicator fails
+// every later call, and every Work that had not completed by then.
+//
+// Note [NCCL send/recv]
+// Each send/recv is its own NCCL call on the one comm stream, and a NCCL send
+// blocks the stream until the peer's recv runs: a ring where every rank
+// sends first deadlocks (unlike Gloo, where posting never blocks). Order
+// them so that each pair meets (even ranks send first, odd ranks receive first).
+#include "collectives/nccl_communicator.h"
+
+#include <fmt/format.h>
+
+#include "collectives/comm_common.h"
+
+#if TANDEM_HAS_CUDA
+#include <cuda_runtime.h>
+#include <nccl.h>
+
+#include <algorithm>
+#include <mutex>
+#include <thread>
+
+#include "runtime/core/cuda_check.h"
+#endif
+
+namespace tandem::collectives {
+
+#if TANDEM_HAS_CUDA
+
+namespace {
+
+using detail::OpDesc;
+using detail::OpKind;
+using Clock = std::chrono::steady_clock;
+
+constexpr Millis kShutdownGrace{1000};  // how long finalize may flush before we abort
+constexpr auto kPollInterval = std::chrono::microseconds(20);
+
+ncclDataType_t nccl_type(DType dtype) {
+  switch (dtype) {
+    case DType::f32: return ncclFloat32;
+    case DType::bf16: return ncclBfloat16;
+    case DType::f16: return ncclFloat16;
+    case DType::i32: return ncclInt32;
+    case DType::u16: break;
+  }
+  TANDEM_CHECK(false, fmt::format("nccl: cannot reduce {} (f32, bf16, f16 and i32 can)", dtype_name(dtype)));
+  return ncclFloat32;
+}
+
+ncclRedOp_t nccl_op(ReduceOp op) {
+  switch (op) {
+    case ReduceOp::sum: return ncclSum;
+    case ReduceOp::avg: return ncclAvg;
+    case ReduceOp::max: return ncclMax;
+  }
+  return ncclSum;
+}
+
+// Polls until `result` is no longer ncclInProgress (Note [NCCL never blocks
+// the host]); false when `deadline` passed first. Errors throw with `call`.
+bool settle(ncclComm_t comm, ncclResult_t result, const char* call, Clock::time_point deadline) {
+  while (result == ncclInProgress) {
+    if (Clock::now() > deadline) return false;
+    std::this_thread::sleep_for(kPollInterval);
+    NCCL_CHECK(ncclCommGetAsyncError(comm, &result));
+  }
+  if (result != ncclSuccess) throw_library_error("NCCL", result, ncclGetErrorString(result), call, __FILE__, __LINE__);
+  return true;
+}
+
+// What the communicator and its Works share: the NCCL handle, the comm stream, the seq records.
+struct NcclState {
+  ncclComm_t comm = nullptr;
+  Device device;
+  Stream stream;
+  float* barrier_scratch = nullptr;  // the one element a barrier all-reduces
+  std::shared_ptr<detail::GroupTracker> tracker;
+  std::mutex mutex;  // enqueue vs. abort
+  bool aborted = false;
+
+  void abort() {
+    std::lock_guard<std::mutex> lock(mutex);
+    if (aborted || !comm) return;
+    aborted = true;
+    ncclCommAbort(comm);  // best effort: we are already failing
+  }
+
+  // Flush what was issued, for up to kShutdownGrace; abort if it does not settle (a peer is gone).
+  ~NcclState() {
+    cudaSetDevice(device.index);
+    if (comm && !aborted) {
+      ncclResult_t r = ncclCommFinalize(comm);
+      Clock::time_point deadline = Clock::now() + kShutdownGrace;
+      while (r == ncclInProgress && Clock::now() < deadline) {
+        std::this_thread::sleep_for(kPollInterval);
+        if (ncclCommGetAsyncError(comm, &r) != ncclSuccess) break;
+      }
+      r == ncclSuccess ? ncclCommDestroy(comm) : ncclCommAbort(comm);
+    }
+    if (barrier_scratch) cudaFree(barrier_scratch);
+  }
+};
+
+std::shared_ptr<CUevent_st> new_event(Device device) {
+  cudaEvent_t raw = nullptr;
+  CUDA_CHECK(cudaSetDevice(device.index));
+  CUDA_CHECK(cudaEventCreateWithFlags(&raw, cudaEventDisableTiming));
+  return std::shared_ptr<CUevent_st>(raw, [](cudaEvent_t e) { cudaEventDestroy(e); });
+}
+
+class NcclWork : public Work {
+ public:
+  NcclWork(std::shared_ptr<NcclState> state, OpDesc op, std::shared_ptr<CUevent_st> event)
+      : state_(std::move(state)), op_(op), event_(std::move(event)) {}
+
+  void wait(Millis timeout) override {
+    Clock::time_point deadline = Clock::now() + timeout;
+    while (!completed()) {
+      if (Clock::now() > deadline) {
+        std::string message = state_->tracker->timeout_message(op_, timeout);
+        state_->abort();
+        throw CollectiveTimeout(message + "; the NCCL communicator was aborted");
+      }
+      std::this_thread::sleep_for(kPollInterval);
+    }
+  }
+
+  bool completed() override {
+    if (done_) return true;
+    std::lock_guard<std::mutex> lock(state_->mutex);  // the handle is freed by an abort
+    TANDEM_CHECK(!state_->aborted, "nccl " + detail::describe(op_) + ": the communicator was aborted before it completed");
+    cudaError_t status = cudaEventQuery(event_.get());
+    if (status == cudaErrorNotReady) {
+      check_async_error();
+      return false;
+    }
+    CUDA_CHECK(status);
+    done_ = true;
+    return true;
+  }
+
+  // The host never blocks here, so there is nothing to time out: a stuck
+  // operation surfaces at the next wait() (Note [NCCL never blocks the host]).
+  void wait_stream(const Stream& stream, Millis timeout) override {
+    if (stream.device().is_cpu()) return wait(timeout);
+    std::lock_guard<std::mutex> lock(state_->mutex);
+    TANDEM_CHECK(!state_->aborted, "nccl: wait_stream on an aborted communicator");
+    CUDA_CHECK(cudaStreamWaitEvent(stream.cuda(), event_.get(), 0));
+  }
+
+ private:
+  void check_async_error() {
+    ncclResult_t async = ncclSuccess;
+    NCCL_CHECK(ncclCommGetAsyncError(state_->comm, &async));
+    if (async != ncclSuccess && async != ncclInProgress)
+      throw_library_error("NCCL", async, ncclGetErrorString(async), detail::describe(op_).c_str(), __FILE__, __LINE__);
+  }
+
+  std::shared_ptr<NcclState> state_;
+  OpDesc op_;
+  std::shared_ptr<CUevent_st> event_;
+  bool done_ = false;
+};
+
+class NcclCommunicator final : public Communicator {
+ public:
+  NcclCommunicator(std::shared_ptr<Store> store, int rank, int size, Device device, const CommOptions& options,
+                   std::vector<int> world_ranks)
+      : store_(std::move(store)), rank_(rank), size_(size), options_(options), state_(std::make_shared<NcclState>()),
+        sent_(size), received_(size) {
+    state_->device = device;
+    state_->tracker = std::make_shared<detail::GroupTracker>(store_, rank, size, "nccl", std::move(world_ranks));
+    detail::await_all_ranks(*store_, rank, size, "nccl rendezvous", options.timeout);
+    ncclUniqueId id;
+    if (rank == 0) {
+      NCCL_CHECK(ncclGetUniqueId(&id));
+      store_->set("nccl/id", Bytes(id.internal, id.internal + sizeof(id.internal)));
+    } else {
+      Bytes b = store_->get("nccl/id", options.timeout);
+      TANDEM_CHECK(b.size() == sizeof(id.internal), "nccl: malformed unique id in the store");
+      std::copy(b.begin(), b.end(), id.internal);
+    }
+    set_current_device(device);
+    state_->stream = Stream::create(device);
+    CUDA_CHECK(cudaMalloc(&state_->barrier_scratch, sizeof(float)));
+    ncclConfig_t config = NCCL_CONFIG_INITIALIZER;
+    config.blocking = 0;
+    Clock::time_point deadline = Clock::now() + options.timeout;
+    ncclResult_t r = ncclCommInitRankConfig(&state_->comm, size, id, rank, &config);
+    if (!settle(state_->comm, r, "ncclCommInitRankConfig", deadline)) {
+      state_->abort();
+      throw CollectiveTimeout(fmt::format("nccl init of a group of {} did not complete within {} ms on rank {}",
+                                          size, options.timeout.count(), rank));
+    }
+  }
+
+  int rank() const override { return rank_; }
+  int size() const override { return size_; }
+  const char* backend() const override { return "nccl"; }
+  Stream stream() const { return state_->stream; }
+
+  std::shared_ptr<Work> all_reduce(Buffer buf, ReduceOp op) override {
+    return issue({.kind = OpKind::all_reduce, .out = buf, .in = {}, .reduce = op});
+  }
+  std::shared_ptr<Work> broadcast(Buffer buf, int root) override {
+    return issue({.kind = OpKind::broadcast, .out = buf, .in = {}, .peer = root});
+  }
+  std::shared_ptr<Work> all_gather(Buffer out, Buffer in) override {
+    return issue({.kind = OpKind::all_gather, .out = out, .in = in});
+  }
+  std::shared_ptr<Work> reduce_scatter(Buffer out, Buffer in, ReduceOp op) override {
+    return issue({.kind = OpKind::reduce_scatter, .out = out, .in = in, .reduce = op});
+  }
+  std::shared_ptr<Work> barrier() override { return issue({.kind = OpKind::barrier, .out = {}, .in = {}}); }
+  std::shared_ptr<Work> send(Buffer buf, int peer) override {
+    return issue({.kind = OpKind::send, .out = buf, .in = {}, .peer = peer});
+  }
+  std::shared_ptr<Work> recv(Buffer buf, int peer) override {
+    return issue({.kind = OpKind::recv, .out = buf, .in = {}, .peer = peer});
+  }
+
+  // As Gloo's split: (color, key) through the store, then a new communicator
+  // under the sub-group's prefix; a negative color returns nullptr.
+  std::shared_ptr<Communicator> split(int color, int key) override {
+    int64_t id;
+    {
+      std::lock_guard<std::mutex> lock(issue_mutex_);
+      id = ++splits_;
+    }
+    std::vector<int> members = detail::split_members(*store_, rank_, size_, id, color, key, options_.timeout);
+    if (color < 0) return nullptr;
+    std::vector<int> world;
+    for (int m : members) world.push_back(state_->tracker->world_ranks()[m]);
+    int new_rank = static_cast<int>(std::find(members.begin(), members.end(), rank_) - members.begin());
+    return std::make_shared<NcclCommunicator>(make_prefix_store(detail::split_prefix(id, color), store_), new_rank,
+                                              static_cast<int>(members.size()), state_->device, options_, world);
+  }
+
+ private:
+  // The one path every call goes through: check, number, enqueue, record the event.
+  std::shared_ptr<Work> issue(OpDesc op) {
+    detail::check_args(op, rank_, size_, "nccl");
+    check_supported(op);
+    std::lock_guard<std::mutex> lock(issue_mutex_);
+    std::lock_guard<std::mutex> enqueue(state_->mutex);
+    TANDEM_CHECK(!state_->aborted, fmt::format("nccl {}: the communicator was aborted after an earlier timeout; "
+                                               "create a new one", detail::op_name(op.kind)));
+    if (op.kind == OpKind::send) {
+      op.seq = ++sent_[op.peer];
+    } else if (op.kind == OpKind::recv) {
+      op.seq = ++received_[op.peer];
+    } else {
+      op.seq = ++collectives_;
+      state_->tracker->record_issue(op.seq);
+    }
+    set_current_device(state_->device);
+    if (op.kind == OpKind::barrier || op.bytes() > 0) {
+      if (!settle(state_->comm, launch(op), detail::op_name(op.kind), Clock::now() + options_.timeout)) {
+        std::string message = state_->tracker->timeout_message(op, options_.timeout);
+        state_->aborted = true;
+        ncclCommAbort(state_->comm);
+        throw CollectiveTimeout(message + " (enqueueing it); the NCCL communicator was aborted");
+      }
+    }
+    std::shared_ptr<CUevent_st> event = new_event(state_->device);
+    CUDA_CHECK(cudaEventRecord(event.get(), state_->stream.cuda()));
+    return std::make_shared<NcclWork>(state_, op, std::move(event));
+  }
+
+  ncclResult_t launch(const OpDesc& op) {
+    ncclComm_t comm = state_->comm;
+    cudaStream_t s = state_->stream.cuda();
+    void* out = op.out.data;
+    switch (op.kind) {
+      case OpKind::all_reduce:
+        return ncclAllReduce(out, out, op.out.count, nccl_type(op.out.dtype), nccl_op(op.reduce), comm, s);
+      case OpKind::reduce_scatter:
+        return ncclReduceScatter(op.in.data, out, op.out.count, nccl_type(op.out.dtype), nccl_op(op.reduce), comm, s);
+      case OpKind::broadcast: return ncclBroadcast(out, out, op.out.bytes(), ncclUint8, op.peer, comm, s);
+      case OpKind::all_gather: return ncclAllGather(op.in.data, out, op.in.bytes(), ncclUint8, comm, s);
+      case OpKind::barrier:
+        return ncclAllReduce(state_->barrier_scratch, state_->barrier_scratch, 1, ncclFloat32, ncclSum, comm, s);
+      case OpKind::send: return ncclSend(out, op.out.bytes(), ncclUint8, op.peer, comm, s);
+      case OpKind::recv: return ncclRecv(out, op.out.bytes(), ncclUint8, op.peer, comm, s);
+    }
+    return ncclInvalidArgument;
+  }
+
+  void check_supported(const OpDesc& op) const {
+    const char* name = detail::op_name(op.kind);
+    bool two_buffers = op.kind == OpKind::all_gather || op.kind == OpKind::reduce_scatter;
+    if (op.kind != OpKind::barrier)
+      for (const Buffer* b : {&op.out, two_buffers ? &op.in : &op.out})
+        TANDEM_CHECK(b->device == state_->device,
+                     fmt::format("nccl {}: buffers must be on this communicator's device {}, this one is on {}", name,
+                                 state_->device.str(), b->device.str()));
+    if (detail::is_reduction(op.kind)) nccl_type(op.out.dtype);  // throws for what NCCL cannot reduce
+  }
+
+  std::shared_ptr<Store> store_;
+  int rank_, size_;
+  CommOptions options_;
+  std::shared_ptr<NcclState> state_;
+  std::mutex issue_mutex_;
+  int64_t collectives_ = 0, splits_ = 0;
+  std::vector<int64_t> sent_, received_;  // per peer
+};
+
+}  // namespace
+
+std::shared_ptr<Communicator> make_nccl_communicator(std::shared_ptr<Store> store, int rank, int size, Device device,
+                                                     const CommOptions& options) {
+  if (!device.is_cuda()) throw UserError("the NCCL backend needs a CUDA device, got " + device.str());
+  require_cuda("the NCCL backend");
+  TANDEM_CHECK(size >= 1 && rank >= 0 && rank < size, fmt::format("nccl: rank {} of a group of {}", rank, size));
+  std::vector<int> world(size);
+  for (int r = 0; r < size; r++) world[r] = r;
+  return std::make_shared<NcclCommunicator>(std::move(store), rank, size, device, options, world);
+}
+
+Stream comm_stream(Communicator& comm) {
+  if (auto* nccl = dynamic_cast<NcclCommunicator*>(&comm)) return nccl->stream();
+  return Stream();
+}
+
+#else  // a build without CUDA
+
+std::shared_ptr<Communicator> make_nccl_communicator(std::shared_ptr<Store>, int, int, Device, const CommOptions&) {
+  throw UserError("the NCCL backend needs a CUDA build (configure with -DTANDEM_CUDA=ON); use the gloo backend on CPUs");
+}
+
+Stream comm_stream(Communicator&) { return Stream(); }
+
+#endif
+
+}  // namespace tandem::collectives

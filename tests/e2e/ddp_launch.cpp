@@ -1,0 +1,148 @@
+// Data-parallel training as a user runs it: `tandem launch` starting real
+// processes that train on the real Fashion-MNIST files over Gloo. N ranks
+// with batch B must log the same losses and end with the same weights as
+// one process with batch N*B, on one node and on two launchers.
+#include <fmt/format.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <thread>
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "runtime/safetensors.h"
+#include "support/testing.h"
+
+using namespace tandem;
+using namespace tandem::testing;
+namespace fs = std::filesystem;
+
+namespace {
+
+int shell(const std::string& cmd, std::string* output = nullptr) {
+  FILE* pipe = popen((cmd + " 2>&1").c_str(), "r");
+  REQUIRE(pipe != nullptr);
+  std::string out;
+  char buf[4096];
+  while (size_t n = fread(buf, 1, sizeof buf, pipe)) out.append(buf, n);
+  int status = pclose(pipe);
+  if (output) *output = out;
+  return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+std::string binary() { return std::getenv("TANDEM_BINARY"); }
+std::string config() { return std::string(std::getenv("TANDEM_SOURCE_DIR")) + "/models/mlp/fashion.toml"; }
+
+std::string train_args(int64_t batch, const fs::path& dir) {
+  return fmt::format(" train --config {} --set batch_size={} --set max_steps=12 --set log_every=1 --set eval_every=1000"
+                     " --set mlp.hidden=[64] --set optimizer=sgd --set lr=0.05 --set bucket_cap_mb=0.05"
+                     " --metrics-out {}/metrics.jsonl --ckpt-dir {}/ckpt",
+                     config(), batch, dir.string(), dir.string());
+}
+
+struct Result {
+  std::vector<double> losses;
+  std::map<std::string, std::vector<float>> weights;
+};
+
+Result read_result(const fs::path& dir) {
+  Result r;
+  std::ifstream in(dir / "metrics.jsonl");
+  for (std::string line; std::getline(in, line);) {
+    auto j = nlohmann::json::parse(line);
+    if (j.contains("loss")) r.losses.push_back(j["loss"].get<double>());
+  }
+  auto file = read_safetensors((dir / "ckpt" / "step_00000012" / "model.safetensors").string());
+  for (auto& [name, t] : file.tensors) r.weights[name] = t.to_vector();
+  return r;
+}
+
+void require_same(const Result& a, const Result& b) {
+  REQUIRE(a.losses.size() == 12);
+  REQUIRE(a.losses.size() == b.losses.size());
+  for (size_t i = 0; i < a.losses.size(); i++) {
+    INFO("step " << i + 1 << ": " << a.losses[i] << " vs " << b.losses[i]);
+    REQUIRE(std::fabs(a.losses[i] - b.losses[i]) <= 1e-5 * std::fabs(b.losses[i]));
+  }
+  for (auto& [name, w] : a.weights) {
+    INFO(name);
+    REQUIRE(rel_error(w, b.weights.at(name)) <= 1e-5);
+  }
+}
+
+// A port nothing listens on now: bind port 0, read it back, close.
+int free_port() {
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  REQUIRE(fd >= 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  REQUIRE(bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0);
+  socklen_t len = sizeof addr;
+  REQUIRE(getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) == 0);
+  close(fd);
+  return ntohs(addr.sin_port);
+}
+
+bool have_data() { return fs::exists("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz"); }
+
+}  // namespace
+
+TEST_CASE("2 launched ranks train like one process with twice the batch", "[e2e][ddp]") {
+  if (!have_data()) {
+    WARN("SKIPPED: Fashion-MNIST is not installed (run tools/setup.sh)");
+    return;
+  }
+  fs::path dir = fs::temp_directory_path() / fmt::format("tandem_ddp_e2e_{}", fresh_seed());
+  std::string out;
+  REQUIRE(shell(binary() + train_args(64, dir / "one"), &out) == 0);
+  INFO(out);
+  int rc = shell(fmt::format("timeout 120 {} launch --nproc-per-node 2 --master-port 0 -- {}{}", binary(), binary(),
+                             train_args(32, dir / "two")),
+                 &out);
+  INFO(out);
+  REQUIRE(rc == 0);
+  REQUIRE(out.find("[rank 1]") != std::string::npos);
+  Result one = read_result(dir / "one"), two = read_result(dir / "two");
+  require_same(two, one);
+
+  std::ifstream in(dir / "two" / "metrics.jsonl");
+  std::string line;
+  std::getline(in, line);
+  auto record = nlohmann::json::parse(line);
+  REQUIRE(record["world_size"] == 2);
+  REQUIRE(record["comm_ms"].get<double>() >= 0);
+  REQUIRE(record["exposed_comm_ms"].get<double>() >= 0);
+  fs::remove_all(dir);
+}
+
+TEST_CASE("two launchers of 2 ranks form one job that trains like one process", "[e2e][ddp]") {
+  if (!have_data()) {
+    WARN("SKIPPED: Fashion-MNIST is not installed (run tools/setup.sh)");
+    return;
+  }
+  fs::path dir = fs::temp_directory_path() / fmt::format("tandem_2node_{}", fresh_seed());
+  std::string out;
+  REQUIRE(shell(binary() + train_args(64, dir / "one"), &out) == 0);
+  int port = free_port();
+  std::string launch = fmt::format("TANDEM_JOB_TOKEN=test-token-{} timeout 60 {} launch --nnodes 2 --nproc-per-node 2 "
+                                   "--master-addr 127.0.0.1 --master-port {} --node-rank ",
+                                   port, binary(), port);
+  std::string out1;
+  int rc1 = -1;
+  std::thread node1([&] { rc1 = shell(launch + "1 -- " + binary() + train_args(16, dir / "node1"), &out1); });
+  int rc0 = shell(launch + "0 -- " + binary() + train_args(16, dir / "four"), &out);
+  node1.join();
+  INFO(out << "\n--- node 1:\n" << out1);
+  REQUIRE(rc0 == 0);
+  REQUIRE(rc1 == 0);
+  REQUIRE(out1.find("[rank 3]") != std::string::npos);
+  require_same(read_result(dir / "four"), read_result(dir / "one"));
+  fs::remove_all(dir);
+}

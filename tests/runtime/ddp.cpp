@@ -1,0 +1,192 @@
+// Data parallelism on the CPU with ranks as threads over Gloo: buckets, the
+// equivalence of N ranks with batch B and one rank with batch N*B, gradient
+// accumulation, and the start-up check that every rank built the same model.
+#include <fmt/format.h>
+
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <thread>
+
+#include "models/mlp/mlp.h"
+#include "runtime/core/philox.h"
+#include "runtime/parallel/ddp.h"
+#include "runtime/safetensors.h"
+#include "runtime/trainer.h"
+#include "support/testing.h"
+
+using namespace tandem;
+using namespace tandem::testing;
+namespace fs = std::filesystem;
+
+namespace {
+
+collectives::CommOptions comm_options(int seconds) {
+  collectives::CommOptions o;
+  o.timeout = std::chrono::seconds(seconds);
+  return o;
+}
+
+// A small synthetic classification set: 8x8 "images", 10 classes.
+ImageDataset synthetic(int64_t count, uint64_t seed) {
+  ImageDataset ds;
+  ds.count = count;
+  ds.rows = ds.cols = 8;
+  ds.images = random_vector(count * 64, seed);
+  ds.labels.resize(count);
+  for (int64_t i = 0; i < count; i++) ds.labels[i] = static_cast<int32_t>(philox4x32(i, seed).v[0] % 10);
+  return ds;
+}
+
+TrainConfig small_config(int64_t batch, int64_t accum, int64_t steps) {
+  TrainConfig c;
+  c.model = "mlp";
+  c.batch_size = batch;
+  c.grad_accum_steps = accum;
+  c.max_steps = steps;
+  c.lr = 1e-2;
+  c.optimizer = "sgd";
+  c.momentum = 0.9;
+  c.weight_decay = 1e-4;
+  c.grad_clip = 5.0;
+  c.log_every = 1;
+  c.eval_every = 1000;
+  c.bucket_cap_mb = 0.004;  // several buckets even for this small model
+  c.comm_timeout = 30;
+  c.seed = 7;
+  return c;
+}
+
+struct RunResult {
+  std::vector<double> losses;
+  std::map<std::string, std::vector<float>> weights;
+};
+
+// Trains on `world` thread-ranks; returns rank 0's logged losses and final weights.
+RunResult run_ranks(int world, const TrainConfig& config, const ImageDataset& data, std::vector<int64_t> hidden = {24, 16}) {
+  fs::path dir = fs::temp_directory_path() / fmt::format("tandem_ddp_{}", fresh_seed());
+  auto store = collectives::make_memory_store();
+  std::vector<std::thread> threads;
+  std::vector<std::exception_ptr> errors(world);
+  for (int r = 0; r < world; r++) {
+    threads.emplace_back([&, r] {
+      try {
+        parallel::ProcessGroup pg;
+        pg.env.rank = r;
+        pg.env.world_size = world;
+        if (world > 1) {
+          pg.store = store;
+          pg.comm = collectives::make_gloo_communicator(store, r, world, comm_options(30));
+        }
+        models::Mlp mlp({.in_features = 64, .hidden = hidden, .classes = 10, .activation = "relu", .dropout = 0.1f});
+        train_classifier(config, mlp.net, mlp.params, data, data,
+                         {.metrics_out = (dir / "metrics.jsonl").string(), .ckpt_dir = (dir / "ckpt").string(),
+                          .progress = false},
+                         pg);
+      } catch (...) {
+        errors[r] = std::current_exception();
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  for (auto& e : errors)
+    if (e) std::rethrow_exception(e);
+
+  RunResult result;
+  std::ifstream in(dir / "metrics.jsonl");
+  for (std::string line; std::getline(in, line);) {
+    auto j = nlohmann::json::parse(line);
+    if (j.contains("loss")) {
+      result.losses.push_back(j["loss"].get<double>());
+      REQUIRE(j["world_size"] == world);
+      REQUIRE(j.contains("comm_ms"));
+      REQUIRE(j.contains("exposed_comm_ms"));
+    }
+  }
+  auto file = read_safetensors((dir / "ckpt" / fmt::format("step_{:08d}", config.max_steps) / "model.safetensors").string());
+  for (auto& [name, t] : file.tensors) result.weights[name] = t.to_vector();
+  fs::remove_all(dir);
+  return result;
+}
+
+void require_same(const RunResult& a, const RunResult& b) {
+  REQUIRE(a.losses.size() == b.losses.size());
+  for (size_t i = 0; i < a.losses.size(); i++) {
+    INFO("step " << i + 1 << ": " << a.losses[i] << " vs " << b.losses[i]);
+    REQUIRE(std::fabs(a.losses[i] - b.losses[i]) <= 1e-5 * std::fabs(b.losses[i]));
+  }
+  REQUIRE(a.weights.size() == b.weights.size());
+  for (auto& [name, w] : a.weights) {
+    INFO(name);
+    REQUIRE(rel_error(w, b.weights.at(name)) <= 1e-5);
+  }
+}
+
+}  // namespace
+
+TEST_CASE("buckets cover the gradients in reverse registration order", "[ddp]") {
+  models::Mlp mlp({.in_features = 64, .hidden = {300, 200}, .classes = 10});
+  mlp.params.allocate(Device::cpu(), DType::f32, 1);
+  parallel::DdpOptions options{.bucket_cap_mb = 0.25, .first_bucket_mb = 0.01, .timeout = std::chrono::seconds(10)};
+  auto buckets = parallel::assign_buckets(mlp.params, options);
+  REQUIRE(buckets.size() >= 3);
+  REQUIRE(buckets.front().params.front()->name == "layers.4.bias");  // the last registered comes first
+  int64_t covered_end = mlp.params.numel() + 8;
+  size_t count = 0;
+  for (size_t i = 0; i < buckets.size(); i++) {
+    const auto& b = buckets[i];
+    REQUIRE(b.begin < b.end);
+    REQUIRE(b.end <= covered_end);  // descending, never overlapping
+    covered_end = b.begin;
+    count += b.params.size();
+    for (const Parameter* p : b.params) REQUIRE((p->offset >= b.begin && p->offset + p->numel() <= b.end));
+    // A bucket closes once it holds at least its cap (a single large
+    // parameter may exceed it alone).
+    if (b.params.size() > 1) {
+      double cap = (i == 0 ? options.first_bucket_mb : options.bucket_cap_mb) * 1024 * 1024;
+      REQUIRE(b.bytes(DType::f32) - 4.0 * b.params.back()->numel() < cap);
+    }
+  }
+  REQUIRE(covered_end == 0);
+  REQUIRE(count == mlp.params.list().size());
+}
+
+TEST_CASE("2 and 4 ranks train exactly like one rank with the whole batch", "[ddp]") {
+  ImageDataset data = synthetic(640, fresh_seed());
+  RunResult one = run_ranks(1, small_config(32, 1, 12), data);
+  RunResult two = run_ranks(2, small_config(16, 1, 12), data);
+  RunResult four = run_ranks(4, small_config(8, 1, 12), data);
+  REQUIRE(one.losses.size() == 12);
+  require_same(two, one);
+  require_same(four, one);
+}
+
+TEST_CASE("gradient accumulation across ranks matches one large batch", "[ddp]") {
+  ImageDataset data = synthetic(640, fresh_seed());
+  RunResult one = run_ranks(1, small_config(32, 1, 8), data);
+  RunResult accum = run_ranks(2, small_config(8, 2, 8), data);  // 2 ranks x 8 x 2 micro-steps = 32
+  require_same(accum, one);
+}
+
+TEST_CASE("a rank with a different model fails fast, naming the mismatch", "[ddp]") {
+  auto store = collectives::make_memory_store();
+  std::vector<std::string> messages(2);
+  std::vector<std::thread> threads;
+  for (int r = 0; r < 2; r++) {
+    threads.emplace_back([&, r] {
+      models::Mlp mlp({.in_features = 64, .hidden = {r == 0 ? int64_t{24} : int64_t{20}}, .classes = 10});
+      auto comm = collectives::make_gloo_communicator(store, r, 2, comm_options(10));
+      try {
+        parallel::check_same_parameters(mlp.params, DType::f32, *comm, *store, std::chrono::seconds(10));
+      } catch (const UserError& e) {
+        messages[r] = e.what();
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  for (const std::string& m : messages) {
+    INFO(m);
+    REQUIRE(m.find("rank 1") != std::string::npos);
+    REQUIRE(m.find("layers.0.weight [24, 64]") != std::string::npos);
+  }
+}
