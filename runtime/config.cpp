@@ -13,7 +13,7 @@ namespace {
 const std::vector<std::string> kTopLevelKeys = {
     "model", "data", "data_dir", "device", "dtype", "seed", "batch_size", "epochs", "max_steps", "optimizer",
     "lr", "lr_schedule", "min_lr_ratio", "warmup_steps", "weight_decay", "momentum", "nesterov", "beta1",
-    "beta2", "eps", "grad_clip", "grad_accum_steps", "backend", "bucket_cap_mb", "comm_timeout", "log_every",
+    "beta2", "eps", "grad_clip", "grad_accum_steps", "backend", "bucket_cap_mb", "grad_compression", "comm_timeout", "log_every",
     "eval_every", "ckpt_every"};
 
 std::string where_key(const TrainConfig& c, const std::string& key) { return fmt::format("'{}' in {}", key, c.source); }
@@ -141,6 +141,8 @@ TrainConfig load_train_config(const std::string& path, const std::vector<std::st
   read(table, "backend", c.backend, c);
   if (!c.backend.empty()) one_of(c.backend, {"gloo", "nccl"}, c, "backend");
   read(table, "bucket_cap_mb", c.bucket_cap_mb, c, 0.0);
+  read(table, "grad_compression", c.grad_compression, c);
+  one_of(c.grad_compression, {"none", "bf16"}, c, "grad_compression");
   read(table, "comm_timeout", c.comm_timeout, c, 0.001);
   read(table, "log_every", c.log_every, c, 1);
   read(table, "eval_every", c.eval_every, c, 0);
@@ -161,6 +163,7 @@ std::string to_toml(const TrainConfig& c) {
                 {"beta2", c.beta2},       {"eps", c.eps},
                 {"grad_clip", c.grad_clip}, {"grad_accum_steps", c.grad_accum_steps},
                 {"backend", c.backend}, {"bucket_cap_mb", c.bucket_cap_mb},
+                {"grad_compression", c.grad_compression},
                 {"comm_timeout", c.comm_timeout}, {"log_every", c.log_every},
                 {"eval_every", c.eval_every}, {"ckpt_every", c.ckpt_every}};
   t.insert(c.model, c.model_options);

@@ -158,8 +158,9 @@ TrainSummary train_classifier(const TrainConfig& config, Module& model, Paramete
   std::unique_ptr<parallel::Reducer> reducer;
   bool sync_grads = false;  // false on micro-steps that only accumulate (no_sync)
   if (pg.comm) {
-    reducer = std::make_unique<parallel::Reducer>(
-        params, pg.comm, parallel::DdpOptions{config.bucket_cap_mb, std::min(1.0, config.bucket_cap_mb), timeout});
+    parallel::DdpOptions ddp{config.bucket_cap_mb, std::min(1.0, config.bucket_cap_mb), timeout,
+                             config.grad_compression == "bf16" ? DType::bf16 : DType::f32};
+    reducer = std::make_unique<parallel::Reducer>(params, pg.comm, ddp);
     ctx.grad_ready = [&](const Parameter& p) {
       if (sync_grads) reducer->grad_ready(p, ctx.stream);
     };

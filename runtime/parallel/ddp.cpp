@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 
 #include "collectives/nccl_communicator.h"
+#include "kernels/cast.h"
 #include "runtime/core/error.h"
 
 namespace tandem::parallel {
@@ -38,9 +39,14 @@ std::vector<Bucket> assign_buckets(const ParameterSet& params, const DdpOptions&
 Reducer::Reducer(const ParameterSet& params, std::shared_ptr<collectives::Communicator> comm, const DdpOptions& options)
     : params_(params), comm_(std::move(comm)), options_(options), buckets_(assign_buckets(params, options)) {
   Device device = params.grads().device();
+  DType grad_dtype = params.grads().dtype();
+  if (options.wire_dtype != DType::f32 && options.wire_dtype != DType::bf16)
+    throw UserError(fmt::format("gradients can travel as f32 or bf16, not {}", dtype_name(options.wire_dtype)));
+  bool compress = grad_dtype == DType::f32 && options.wire_dtype == DType::bf16;
   for (size_t b = 0; b < buckets_.size(); b++) {
     for (const Parameter* p : buckets_[b].params) bucket_of_[p] = static_cast<int>(b);
     buckets_[b].ready = Event::create(device);
+    if (compress) buckets_[b].wire = Tensor::empty({buckets_[b].end - buckets_[b].begin}, DType::bf16, device);
   }
 }
 
@@ -56,14 +62,15 @@ void Reducer::launch(Bucket& b, const Stream& compute) {
   // The bucket's gradients were written on the compute stream: the comm
   // stream waits for them there, the host does not (Note [NCCL comm
   // stream]). On the CPU both calls are no-ops: backward has run already.
+  Tensor view = params_.grads().view(b.begin, {b.end - b.begin});
+  if (b.wire.defined()) kernels::cast(b.wire, view, compute);
   b.ready.record(compute);
   b.ready.wait_on(collectives::comm_stream(*comm_));
   if (!issued_any_) {
     first_issue_ = Clock::now();
     issued_any_ = true;
   }
-  Tensor view = params_.grads().view(b.begin, {b.end - b.begin});
-  b.work = comm_->all_reduce(Buffer::of(view), ReduceOp::avg);
+  b.work = comm_->all_reduce(Buffer::of(b.wire.defined() ? b.wire : view), ReduceOp::avg);
 }
 
 void Reducer::grad_ready(const Parameter& p, const Stream& compute) {
@@ -78,7 +85,10 @@ ReduceTimes Reducer::finish(const Stream& compute) {
   auto start = Clock::now();
   for (Bucket& b : buckets_)
     if (!b.work) launch(b, compute);  // parameters backward never reported
-  for (Bucket& b : buckets_) b.work->wait_stream(compute, options_.timeout);
+  for (Bucket& b : buckets_) {
+    b.work->wait_stream(compute, options_.timeout);
+    if (b.wire.defined()) kernels::cast(params_.grads().view(b.begin, {b.end - b.begin}), b.wire, compute);
+  }
   auto end = Clock::now();
   ReduceTimes t;
   t.exposed_ms = std::chrono::duration<double, std::milli>(end - start).count();

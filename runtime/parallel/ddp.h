@@ -27,6 +27,10 @@ struct DdpOptions {
   double bucket_cap_mb = 25.0;
   double first_bucket_mb = 1.0;  // as PyTorch: the first bucket starts comm early
   collectives::Millis timeout{std::chrono::seconds(300)};
+  // Gradients on the wire: f32 gradients may travel as bf16 (half the
+  // bytes; each bucket is rounded once before and once after the
+  // all-reduce, which sums in fp32). Gradients already in bf16 travel as is.
+  DType wire_dtype = DType::f32;
 };
 
 struct Bucket {
@@ -35,6 +39,7 @@ struct Bucket {
   int pending = 0;             // gradients not yet final in this backward
   std::shared_ptr<collectives::Work> work;
   Event ready;                 // GPU: the bucket's gradients are written (compute stream)
+  Tensor wire;                 // the bucket in the wire dtype, when it differs from the gradients'
   int64_t bytes(DType dtype) const { return (end - begin) * static_cast<int64_t>(dtype_size(dtype)); }
 };
 

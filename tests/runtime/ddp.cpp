@@ -190,3 +190,19 @@ TEST_CASE("a rank with a different model fails fast, naming the mismatch", "[ddp
     REQUIRE(m.find("layers.0.weight [24, 64]") != std::string::npos);
   }
 }
+
+TEST_CASE("bf16 gradients on the wire train close to f32 ones", "[ddp]") {
+  ImageDataset data = synthetic(640, fresh_seed());
+  TrainConfig exact = small_config(16, 1, 12), compressed = small_config(16, 1, 12);
+  compressed.grad_compression = "bf16";
+  RunResult a = run_ranks(2, exact, data), b = run_ranks(2, compressed, data);
+  REQUIRE(a.losses.size() == b.losses.size());
+  bool any_difference = false;
+  for (size_t i = 0; i < a.losses.size(); i++) {
+    INFO("step " << i + 1 << ": " << a.losses[i] << " vs " << b.losses[i]);
+    REQUIRE(std::fabs(a.losses[i] - b.losses[i]) <= 1e-2 * std::fabs(a.losses[i]));  // bf16 keeps ~3 digits
+    any_difference = any_difference || a.losses[i] != b.losses[i];
+  }
+  REQUIRE(any_difference);  // the wire really carried bf16
+  for (auto& [name, w] : a.weights) REQUIRE(rel_error(b.weights.at(name), w) <= 2e-2);
+}
