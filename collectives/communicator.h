@@ -8,6 +8,7 @@
 // own comm stream; the id is exchanged through the Store).
 #pragma once
 
+#include <chrono>
 #include <memory>
 #include <stdexcept>
 #include <string>
@@ -51,6 +52,14 @@ class Work {
   // Makes `stream` wait for the operation without blocking the host (NCCL:
   // an event; Gloo: the same as wait()).
   virtual void wait_stream(const Stream& stream, Millis timeout) = 0;
+  // For traces: the steady-clock times the operation started and finished
+  // running, once it completed, when the backend knows them (Gloo's comm
+  // thread does); false otherwise.
+  virtual bool run_interval(std::chrono::steady_clock::time_point* start, std::chrono::steady_clock::time_point* end) {
+    (void)start;
+    (void)end;
+    return false;
+  }
 };
 
 class Communicator {

@@ -59,11 +59,14 @@ struct WorkState {
   std::condition_variable cv;
   bool done = false;
   std::exception_ptr error;
+  Clock::time_point started, ended;  // on the comm thread, for traces
 
   void finish(std::exception_ptr e = nullptr) {
     std::lock_guard<std::mutex> lock(mutex);
     done = true;
     error = std::move(e);
+    ended = Clock::now();
+    if (started == Clock::time_point()) started = ended;
     cv.notify_all();
   }
 };
@@ -89,6 +92,14 @@ class GlooWork : public Work {
 
   // Gloo buffers live on the host: nothing to order on a stream, so waiting is all there is.
   void wait_stream(const Stream&, Millis timeout) override { wait(timeout); }
+
+  bool run_interval(Clock::time_point* start, Clock::time_point* end) override {
+    std::lock_guard<std::mutex> lock(state_->mutex);
+    if (!state_->done) return false;
+    *start = state_->started;
+    *end = state_->ended;
+    return true;
+  }
 
   const std::shared_ptr<WorkState>& state() const { return state_; }
 
@@ -160,6 +171,10 @@ class Engine {
     if (std::exception_ptr e = poisoned(t.op)) return t.state->finish(e);
     if (t.op.kind != OpKind::barrier && t.op.bytes() == 0) return t.state->finish();  // still in issue order
     Clock::time_point start = Clock::now();
+    {
+      std::lock_guard<std::mutex> lock(t.state->mutex);
+      t.state->started = start;
+    }
     try {
       if (detail::is_p2p(t.op.kind)) return post(t);
       ops_.run(t.op);

@@ -1,5 +1,7 @@
 #include "runtime/layers.h"
 
+#include <fmt/format.h>
+
 #include <cmath>
 
 #include "kernels/dropout.h"
@@ -138,18 +140,33 @@ Tensor Dropout::backward(const Tensor& grad_output, Context& ctx) {
 
 // ---- Sequential
 
+// Records [start, now] for module `index` when tracing (see runtime/trace.h).
+static void trace_module(Context& ctx, const char* category, size_t index, const Module& m,
+                         TraceWriter::Clock::time_point start) {
+  if (!ctx.trace) return;
+  ctx.stream.synchronize();  // GPU work is asynchronous: wait so the event covers it
+  ctx.trace->complete(fmt::format("{}.{}", m.kind(), index), category, TraceWriter::Track::compute, start,
+                      TraceWriter::Clock::now());
+}
+
 Tensor Sequential::forward(const Tensor& input, Context& ctx) {
   Tensor x = input;
-  for (auto& m : modules_) x = m->forward(x, ctx);
+  for (size_t i = 0; i < modules_.size(); i++) {
+    auto start = TraceWriter::Clock::now();
+    x = modules_[i]->forward(x, ctx);
+    trace_module(ctx, "forward", i, *modules_[i], start);
+  }
   return x;
 }
 
 Tensor Sequential::backward(const Tensor& grad_output, Context& ctx) {
   Tensor g = grad_output;
-  for (auto it = modules_.rbegin(); it != modules_.rend(); ++it) {
-    g = (*it)->backward(g, ctx);
+  for (size_t i = modules_.size(); i-- > 0;) {
+    auto start = TraceWriter::Clock::now();
+    g = modules_[i]->backward(g, ctx);
+    trace_module(ctx, "backward", i, *modules_[i], start);
     if (ctx.grad_ready)
-      for (const Parameter* p : (*it)->parameters()) ctx.grad_ready(*p);
+      for (const Parameter* p : modules_[i]->parameters()) ctx.grad_ready(*p);
   }
   return g;
 }

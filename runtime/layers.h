@@ -16,6 +16,7 @@ class Linear : public Module {
          bool bias = true);
   Tensor forward(const Tensor& input, Context& ctx) override;
   Tensor backward(const Tensor& grad_output, Context& ctx) override;
+  const char* kind() const override { return "Linear"; }
   const Parameter& weight() const { return *weight_; }
 
  private:
@@ -30,6 +31,7 @@ class Activation : public Module {
   explicit Activation(kernels::Activation kind) : kind_(kind) {}
   Tensor forward(const Tensor& input, Context& ctx) override;
   Tensor backward(const Tensor& grad_output, Context& ctx) override;
+  const char* kind() const override { return kind_ == kernels::Activation::relu ? "ReLU" : "GELU"; }
 
  private:
   kernels::Activation kind_;
@@ -52,6 +54,7 @@ class LayerNorm : public Module {
   LayerNorm(ParameterSet& params, const std::string& prefix, int64_t features, float eps = 1e-5f);
   Tensor forward(const Tensor& input, Context& ctx) override;
   Tensor backward(const Tensor& grad_output, Context& ctx) override;
+  const char* kind() const override { return "LayerNorm"; }
 
  private:
   int64_t features_;
@@ -68,6 +71,7 @@ class Embedding : public Module {
   Embedding(ParameterSet& params, const std::string& prefix, int64_t num, int64_t dim);
   Tensor forward(const Tensor& indices, Context& ctx) override;
   Tensor backward(const Tensor& grad_output, Context& ctx) override;
+  const char* kind() const override { return "Embedding"; }
 
  private:
   int64_t num_, dim_;
@@ -82,6 +86,7 @@ class Dropout : public Module {
   explicit Dropout(float p);
   Tensor forward(const Tensor& input, Context& ctx) override;
   Tensor backward(const Tensor& grad_output, Context& ctx) override;
+  const char* kind() const override { return "Dropout"; }
 
  private:
   float p_;
@@ -101,6 +106,7 @@ class Sequential : public Module {
   }
   Tensor forward(const Tensor& input, Context& ctx) override;
   Tensor backward(const Tensor& grad_output, Context& ctx) override;
+  const char* kind() const override { return "Sequential"; }
   size_t size() const { return modules_.size(); }
 
  private:

@@ -15,6 +15,7 @@
 
 #include "runtime/core/tensor.h"
 #include "runtime/parameters.h"
+#include "runtime/trace.h"
 
 namespace tandem {
 
@@ -35,6 +36,9 @@ struct Context {
   // data-parallel reducer starts all-reducing full buckets from here).
   std::function<void(const Parameter&)> grad_ready;
 
+  // When set, Sequential records each module's forward and backward here.
+  TraceWriter* trace = nullptr;
+
   // Reserves Philox counters for `n` local elements; returns the first.
   // Counters are laid out over the step's global batch, slice by slice, so
   // each slice draws exactly what one process with the whole batch would
@@ -52,6 +56,9 @@ class Module {
   virtual ~Module() = default;
   virtual Tensor forward(const Tensor& input, Context& ctx) = 0;
   virtual Tensor backward(const Tensor& grad_output, Context& ctx) = 0;
+
+  // What the module is, for traces: "Linear", "ReLU", ...
+  virtual const char* kind() const { return "Module"; }
 
   // The parameters this module holds itself (not its children's).
   const std::vector<const Parameter*>& parameters() const { return own_; }

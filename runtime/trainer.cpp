@@ -54,6 +54,14 @@ struct BatchBuffers {
   Tensor x_host, y_host, x_f32, x, y;
 };
 
+// `path` for rank 0; "trace-rank3.json" for rank 3 of "trace.json".
+std::string rank_path(const std::string& path, int rank) {
+  if (rank == 0) return path;
+  size_t dot = path.rfind('.'), slash = path.rfind('/');
+  if (dot == std::string::npos || (slash != std::string::npos && dot < slash)) return fmt::format("{}-rank{}", path, rank);
+  return fmt::format("{}-rank{}{}", path.substr(0, dot), rank, path.substr(dot));
+}
+
 std::vector<NamedTensor> model_tensors(const ParameterSet& params, const Optimizer& opt) {
   std::vector<NamedTensor> out;
   Tensor weights = opt.weights();  // fp32 whatever the compute dtype
@@ -167,6 +175,11 @@ TrainSummary train_classifier(const TrainConfig& config, Module& model, Paramete
   }
 
   MetricsLog metrics(leader ? outputs.metrics_out : "");
+  std::unique_ptr<TraceWriter> trace;
+  if (!outputs.trace_out.empty()) {
+    trace = std::make_unique<TraceWriter>(pg.rank());
+    ctx.trace = trace.get();
+  }
   BatchBuffers batch(config.batch_size, train.features(), ctx);
   CrossEntropyLoss loss_fn;
   GradClipper clipper(ctx.device);
@@ -211,7 +224,7 @@ TrainSummary train_classifier(const TrainConfig& config, Module& model, Paramete
       if (log_now) local_loss += loss_fn.mean(ctx) / static_cast<double>(accum);
     }
     if (reducer) {
-      parallel::ReduceTimes t = reducer->finish(ctx.stream);
+      parallel::ReduceTimes t = reducer->finish(ctx.stream, trace.get());
       interval_comm_ms += t.comm_ms;
       interval_exposed_ms += t.exposed_ms;
     }
@@ -258,6 +271,7 @@ TrainSummary train_classifier(const TrainConfig& config, Module& model, Paramete
   }
   summary.steps = total_steps;
   summary.seconds = seconds_since(run_start);
+  if (trace) trace->write(rank_path(outputs.trace_out, pg.rank()));
   return summary;
 }
 

@@ -17,6 +17,7 @@ struct TrainOutputs {
   std::string metrics_out;  // JSON lines; empty: none
   std::string ckpt_dir;     // checkpoints; empty: none
   bool progress = true;     // the progress line on stderr
+  std::string trace_out;    // a Chrome/Perfetto trace; ranks > 0 write FILE with "-rank<R>" before its extension
 };
 
 struct TrainSummary {

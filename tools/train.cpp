@@ -17,6 +17,7 @@ struct TrainArgs {
   std::vector<std::string> overrides;
   std::string metrics_out;
   std::string ckpt_dir;
+  std::string trace_out;
 };
 
 void run_train(const TrainArgs& args) {
@@ -35,7 +36,7 @@ void run_train(const TrainArgs& args) {
   auto timeout = collectives::Millis(static_cast<int64_t>(config.comm_timeout * 1000));
   parallel::ProcessGroup pg = parallel::init_process_group(config.backend, resolve_device(config.device), timeout);
   TrainSummary s = train_classifier(config, mlp.net, mlp.params, train, test,
-                                    {.metrics_out = args.metrics_out, .ckpt_dir = args.ckpt_dir}, pg);
+                                    {.metrics_out = args.metrics_out, .ckpt_dir = args.ckpt_dir, .trace_out = args.trace_out}, pg);
   if (pg.rank() != 0) return;  // rank 0 prints the summary
   fmt::print("{{\"steps\": {}, \"final_loss\": {:.6f}, \"test_accuracy\": {:.4f}, \"seconds\": {:.1f}}}\n", s.steps,
              s.final_loss, s.test_accuracy, s.seconds);
@@ -50,6 +51,8 @@ void add_train_command(CLI::App& app) {
   cmd->add_option("--set", args->overrides, "Override a config key: --set lr=0.01 --set mlp.hidden=[128]");
   cmd->add_option("--metrics-out", args->metrics_out, "Write one JSON object per logged step to this file");
   cmd->add_option("--ckpt-dir", args->ckpt_dir, "Write checkpoints under this directory");
+  cmd->add_option("--trace-out", args->trace_out,
+                  "Write a Chrome/Perfetto trace (forward/backward per module, all-reduce per bucket)");
   cmd->callback([args] { run_train(*args); });
 }
 

@@ -81,7 +81,7 @@ void Reducer::grad_ready(const Parameter& p, const Stream& compute) {
   if (--b.pending == 0) launch(b, compute);
 }
 
-ReduceTimes Reducer::finish(const Stream& compute) {
+ReduceTimes Reducer::finish(const Stream& compute, TraceWriter* trace) {
   auto start = Clock::now();
   for (Bucket& b : buckets_)
     if (!b.work) launch(b, compute);  // parameters backward never reported
@@ -90,6 +90,16 @@ ReduceTimes Reducer::finish(const Stream& compute) {
     if (b.wire.defined()) kernels::cast(params_.grads().view(b.begin, {b.end - b.begin}), b.wire, compute);
   }
   auto end = Clock::now();
+  if (trace) {
+    for (size_t i = 0; i < buckets_.size(); i++) {
+      Clock::time_point run_start, run_end;
+      if (!buckets_[i].work->run_interval(&run_start, &run_end)) continue;
+      int64_t bytes = buckets_[i].wire.defined() ? static_cast<int64_t>(buckets_[i].wire.nbytes())
+                                                 : buckets_[i].bytes(params_.grads().dtype());
+      trace->complete(fmt::format("all_reduce bucket {}", i), "comm", TraceWriter::Track::comm, run_start, run_end,
+                      {{"bucket", i}, {"bytes", bytes}});
+    }
+  }
   ReduceTimes t;
   t.exposed_ms = std::chrono::duration<double, std::milli>(end - start).count();
   t.comm_ms = std::chrono::duration<double, std::milli>(end - first_issue_).count();

@@ -20,6 +20,7 @@
 
 #include "collectives/communicator.h"
 #include "runtime/parameters.h"
+#include "runtime/trace.h"
 
 namespace tandem::parallel {
 
@@ -57,8 +58,9 @@ class Reducer {
   // A parameter's gradient is final; issues its bucket's all-reduce when
   // the bucket is complete.
   void grad_ready(const Parameter& p, const Stream& compute);
-  // Issues any bucket not yet issued, waits for all, and reports the times.
-  ReduceTimes finish(const Stream& compute);
+  // Issues any bucket not yet issued, waits for all, and reports the times;
+  // with `trace`, records each bucket's all-reduce on the comm track.
+  ReduceTimes finish(const Stream& compute, TraceWriter* trace = nullptr);
 
   const std::vector<Bucket>& buckets() const { return buckets_; }
 

@@ -63,7 +63,8 @@ struct RunResult {
 };
 
 // Trains on `world` thread-ranks; returns rank 0's logged losses and final weights.
-RunResult run_ranks(int world, const TrainConfig& config, const ImageDataset& data, std::vector<int64_t> hidden = {24, 16}) {
+RunResult run_ranks(int world, const TrainConfig& config, const ImageDataset& data, std::vector<int64_t> hidden = {24, 16},
+                    const std::string& trace_out = "") {
   fs::path dir = fs::temp_directory_path() / fmt::format("tandem_ddp_{}", fresh_seed());
   auto store = collectives::make_memory_store();
   std::vector<std::thread> threads;
@@ -81,7 +82,7 @@ RunResult run_ranks(int world, const TrainConfig& config, const ImageDataset& da
         models::Mlp mlp({.in_features = 64, .hidden = hidden, .classes = 10, .activation = "relu", .dropout = 0.1f});
         train_classifier(config, mlp.net, mlp.params, data, data,
                          {.metrics_out = (dir / "metrics.jsonl").string(), .ckpt_dir = (dir / "ckpt").string(),
-                          .progress = false},
+                          .progress = false, .trace_out = trace_out},
                          pg);
       } catch (...) {
         errors[r] = std::current_exception();
@@ -205,4 +206,40 @@ TEST_CASE("bf16 gradients on the wire train close to f32 ones", "[ddp]") {
   }
   REQUIRE(any_difference);  // the wire really carried bf16
   for (auto& [name, w] : a.weights) REQUIRE(rel_error(b.weights.at(name), w) <= 2e-2);
+}
+
+TEST_CASE("the trace of a 2-rank run shows all-reduces running during backward", "[ddp]") {
+  ImageDataset data = synthetic(640, fresh_seed());
+  fs::path trace = fs::temp_directory_path() / fmt::format("tandem_trace_{}.json", fresh_seed());
+  TrainConfig config = small_config(32, 1, 6);
+  config.bucket_cap_mb = 0.05;
+  run_ranks(2, config, data, {256, 256, 256}, trace.string());
+  std::ifstream in(trace);
+  nlohmann::json events = nlohmann::json::parse(in)["traceEvents"];
+  std::vector<nlohmann::json> comm, backward;
+  for (const auto& e : events) {
+    if (e["ph"] != "X") continue;
+    REQUIRE(e["dur"].get<double>() >= 0);
+    if (e["cat"] == "comm") comm.push_back(e);
+    if (e["cat"] == "backward") backward.push_back(e);
+  }
+  REQUIRE(backward.size() == 6 * 10);  // 6 steps x (4 Linear + 3 ReLU + 3 Dropout)
+  REQUIRE(comm.size() >= 6 * 2);      // several buckets per step
+  for (const auto& c : comm) {
+    REQUIRE(c["args"]["bytes"].get<int64_t>() > 0);
+    REQUIRE(c["tid"] == 2);
+  }
+  // Overlap: some backward module started while an all-reduce was running.
+  int overlapping = 0;
+  for (const auto& c : comm) {
+    double c0 = c["ts"], c1 = c0 + c["dur"].get<double>();
+    for (const auto& b : backward) {
+      double b0 = b["ts"];
+      overlapping += b0 > c0 && b0 < c1;
+    }
+  }
+  REQUIRE(overlapping > 0);
+  REQUIRE(fs::exists(fs::path(trace.string().substr(0, trace.string().size() - 5) + "-rank1.json")));
+  fs::remove(trace);
+  fs::remove(fs::path(trace.string().substr(0, trace.string().size() - 5) + "-rank1.json"));
 }
