@@ -80,6 +80,34 @@ class GroupTracker {
   std::vector<int> world_ranks_;
 };
 
+// Both backends' public calls: each builds one OpDesc and hands it to the
+// backend's issue(), the one path every operation goes through.
+class DescriptorCommunicator : public Communicator {
+ public:
+  std::shared_ptr<Work> all_reduce(Buffer buf, ReduceOp op) override {
+    return issue({.kind = OpKind::all_reduce, .out = buf, .in = {}, .reduce = op});
+  }
+  std::shared_ptr<Work> broadcast(Buffer buf, int root) override {
+    return issue({.kind = OpKind::broadcast, .out = buf, .in = {}, .peer = root});
+  }
+  std::shared_ptr<Work> all_gather(Buffer out, Buffer in) override {
+    return issue({.kind = OpKind::all_gather, .out = out, .in = in});
+  }
+  std::shared_ptr<Work> reduce_scatter(Buffer out, Buffer in, ReduceOp op) override {
+    return issue({.kind = OpKind::reduce_scatter, .out = out, .in = in, .reduce = op});
+  }
+  std::shared_ptr<Work> barrier() override { return issue({.kind = OpKind::barrier, .out = {}, .in = {}}); }
+  std::shared_ptr<Work> send(Buffer buf, int peer) override {
+    return issue({.kind = OpKind::send, .out = buf, .in = {}, .peer = peer});
+  }
+  std::shared_ptr<Work> recv(Buffer buf, int peer) override {
+    return issue({.kind = OpKind::recv, .out = buf, .in = {}, .peer = peer});
+  }
+
+ protected:
+  virtual std::shared_ptr<Work> issue(OpDesc op) = 0;
+};
+
 // Publishes "arrived/<rank>" and waits for every rank of the group; throws
 // CollectiveTimeout naming the ranks that did not arrive within `timeout`.
 void await_all_ranks(Store& store, int rank, int size, const std::string& what, Millis timeout);

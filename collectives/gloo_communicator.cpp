@@ -257,7 +257,7 @@ class Engine {
   std::optional<std::string> poison_;  // Note [Gloo failures]
 };
 
-class GlooCommunicator final : public Communicator {
+class GlooCommunicator final : public detail::DescriptorCommunicator {
  public:
   GlooCommunicator(std::shared_ptr<Store> store, int rank, int size, const CommOptions& options,
                    std::shared_ptr<gloo::transport::Device> device, std::vector<int> world_ranks)
@@ -287,26 +287,6 @@ class GlooCommunicator final : public Communicator {
   int size() const override { return size_; }
   const char* backend() const override { return "gloo"; }
 
-  std::shared_ptr<Work> all_reduce(Buffer buf, ReduceOp op) override {
-    return issue({.kind = OpKind::all_reduce, .out = buf, .in = {}, .reduce = op});
-  }
-  std::shared_ptr<Work> broadcast(Buffer buf, int root) override {
-    return issue({.kind = OpKind::broadcast, .out = buf, .in = {}, .peer = root});
-  }
-  std::shared_ptr<Work> all_gather(Buffer out, Buffer in) override {
-    return issue({.kind = OpKind::all_gather, .out = out, .in = in});
-  }
-  std::shared_ptr<Work> reduce_scatter(Buffer out, Buffer in, ReduceOp op) override {
-    return issue({.kind = OpKind::reduce_scatter, .out = out, .in = in, .reduce = op});
-  }
-  std::shared_ptr<Work> barrier() override { return issue({.kind = OpKind::barrier, .out = {}, .in = {}}); }
-  std::shared_ptr<Work> send(Buffer buf, int peer) override {
-    return issue({.kind = OpKind::send, .out = buf, .in = {}, .peer = peer});
-  }
-  std::shared_ptr<Work> recv(Buffer buf, int peer) override {
-    return issue({.kind = OpKind::recv, .out = buf, .in = {}, .peer = peer});
-  }
-
   // A negative color joins no sub-group and returns nullptr (as MPI_UNDEFINED
   // and NCCL_SPLIT_NOCOLOR do). Sub-groups share this communicator's TCP device.
   std::shared_ptr<Communicator> split(int color, int key) override {
@@ -326,7 +306,7 @@ class GlooCommunicator final : public Communicator {
 
  private:
   // The one path every call goes through (Note [Gloo comm thread]).
-  std::shared_ptr<Work> issue(OpDesc op) {
+  std::shared_ptr<Work> issue(OpDesc op) override {
     detail::check_args(op, rank_, size_, "gloo");
     check_supported(op);
     std::lock_guard<std::mutex> lock(issue_mutex_);

@@ -174,7 +174,7 @@ class NcclWork : public Work {
   bool done_ = false;
 };
 
-class NcclCommunicator final : public Communicator {
+class NcclCommunicator final : public detail::DescriptorCommunicator {
  public:
   NcclCommunicator(std::shared_ptr<Store> store, int rank, int size, Device device, const CommOptions& options,
                    std::vector<int> world_ranks)
@@ -211,26 +211,6 @@ class NcclCommunicator final : public Communicator {
   const char* backend() const override { return "nccl"; }
   Stream stream() const { return state_->stream; }
 
-  std::shared_ptr<Work> all_reduce(Buffer buf, ReduceOp op) override {
-    return issue({.kind = OpKind::all_reduce, .out = buf, .in = {}, .reduce = op});
-  }
-  std::shared_ptr<Work> broadcast(Buffer buf, int root) override {
-    return issue({.kind = OpKind::broadcast, .out = buf, .in = {}, .peer = root});
-  }
-  std::shared_ptr<Work> all_gather(Buffer out, Buffer in) override {
-    return issue({.kind = OpKind::all_gather, .out = out, .in = in});
-  }
-  std::shared_ptr<Work> reduce_scatter(Buffer out, Buffer in, ReduceOp op) override {
-    return issue({.kind = OpKind::reduce_scatter, .out = out, .in = in, .reduce = op});
-  }
-  std::shared_ptr<Work> barrier() override { return issue({.kind = OpKind::barrier, .out = {}, .in = {}}); }
-  std::shared_ptr<Work> send(Buffer buf, int peer) override {
-    return issue({.kind = OpKind::send, .out = buf, .in = {}, .peer = peer});
-  }
-  std::shared_ptr<Work> recv(Buffer buf, int peer) override {
-    return issue({.kind = OpKind::recv, .out = buf, .in = {}, .peer = peer});
-  }
-
   // As Gloo's split: (color, key) through the store, then a new communicator
   // under the sub-group's prefix; a negative color returns nullptr.
   std::shared_ptr<Communicator> split(int color, int key) override {
@@ -250,7 +230,7 @@ class NcclCommunicator final : public Communicator {
 
  private:
   // The one path every call goes through: check, number, enqueue, record the event.
-  std::shared_ptr<Work> issue(OpDesc op) {
+  std::shared_ptr<Work> issue(OpDesc op) override {
     detail::check_args(op, rank_, size_, "nccl");
     check_supported(op);
     std::lock_guard<std::mutex> lock(issue_mutex_);

@@ -11,12 +11,9 @@
 #include <nlohmann/json.hpp>
 #include <thread>
 
-#include <arpa/inet.h>
-#include <netinet/in.h>
-#include <sys/socket.h>
-#include <unistd.h>
 
 #include "runtime/safetensors.h"
+#include "support/process.h"
 #include "support/testing.h"
 
 using namespace tandem;
@@ -26,17 +23,12 @@ namespace fs = std::filesystem;
 namespace {
 
 int shell(const std::string& cmd, std::string* output = nullptr) {
-  FILE* pipe = popen((cmd + " 2>&1").c_str(), "r");
-  REQUIRE(pipe != nullptr);
-  std::string out;
-  char buf[4096];
-  while (size_t n = fread(buf, 1, sizeof buf, pipe)) out.append(buf, n);
-  int status = pclose(pipe);
-  if (output) *output = out;
-  return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  ShellResult r = run_shell(cmd + " 2>&1");
+  if (output) *output = r.output;
+  return r.exit_code;
 }
 
-std::string binary() { return std::getenv("TANDEM_BINARY"); }
+std::string binary() { return tandem_binary(); }
 std::string config() { return std::string(std::getenv("TANDEM_SOURCE_DIR")) + "/models/mlp/fashion.toml"; }
 
 std::string train_args(int64_t batch, const fs::path& dir) {
@@ -74,20 +66,6 @@ void require_same(const Result& a, const Result& b) {
     INFO(name);
     REQUIRE(rel_error(w, b.weights.at(name)) <= 1e-5);
   }
-}
-
-// A port nothing listens on now: bind port 0, read it back, close.
-int free_port() {
-  int fd = socket(AF_INET, SOCK_STREAM, 0);
-  REQUIRE(fd >= 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  REQUIRE(bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0);
-  socklen_t len = sizeof addr;
-  REQUIRE(getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) == 0);
-  close(fd);
-  return ntohs(addr.sin_port);
 }
 
 bool have_data() { return fs::exists("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz"); }

@@ -22,6 +22,7 @@
 #include <sstream>
 #include <thread>
 
+#include "support/process.h"
 #include "support/testing.h"
 
 using namespace tandem::testing;
@@ -32,30 +33,9 @@ extern char** environ;
 
 namespace {
 
-struct Run {
-  int exit_code;
-  std::string output;  // what the shell command wrote to stdout
-  double seconds;
-};
-
-// Runs `script` with sh; add 2>&1 to see stderr too.
-Run run(const std::string& script) {
-  auto start = Clock::now();
-  FILE* pipe = popen(script.c_str(), "r");
-  REQUIRE(pipe != nullptr);
-  std::string out;
-  char buf[4096];
-  while (size_t n = fread(buf, 1, sizeof buf, pipe)) out.append(buf, n);
-  int status = pclose(pipe);
-  double seconds = std::chrono::duration<double>(Clock::now() - start).count();
-  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out, seconds};
-}
-
-std::string tandem() {
-  const char* binary = std::getenv("TANDEM_BINARY");
-  REQUIRE(binary != nullptr);
-  return binary;
-}
+using Run = ShellResult;
+Run run(const std::string& script) { return run_shell(script); }
+std::string tandem() { return tandem_binary(); }
 
 // `timeout 20 tandem launch ARGS` (the bound every command here runs
 // under), in an environment cleared of what the launcher reads (so a test
@@ -68,20 +48,6 @@ std::string launch(const std::string& args, const std::string& env = "") {
                           "OMP_NUM_THREADS"})
     clear += fmt::format("-u {} ", var);
   return fmt::format("env {}{} timeout 20 {} launch {}", clear, env, tandem(), args);
-}
-
-// A port nobody listens on right now (the kernel's pick).
-int free_port() {
-  int fd = socket(AF_INET, SOCK_STREAM, 0);
-  REQUIRE(fd >= 0);
-  sockaddr_in addr = {};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  REQUIRE(bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0);
-  socklen_t len = sizeof addr;
-  REQUIRE(getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) == 0);
-  close(fd);
-  return ntohs(addr.sin_port);
 }
 
 std::vector<std::string> lines_of(const std::string& text) {

@@ -11,6 +11,7 @@
 
 #include "runtime/checkpoint.h"
 #include "runtime/safetensors.h"
+#include "support/process.h"
 #include "support/testing.h"
 
 using namespace tandem;
@@ -19,23 +20,10 @@ namespace fs = std::filesystem;
 
 namespace {
 
-struct Run {
-  int exit_code;
-  std::string output;  // stdout and stderr
-};
+using Run = ShellResult;
 
-Run run(const std::string& args) {
-  const char* binary = std::getenv("TANDEM_BINARY");
-  REQUIRE(binary != nullptr);
-  std::string cmd = std::string(binary) + " " + args + " 2>&1";
-  FILE* pipe = popen(cmd.c_str(), "r");
-  REQUIRE(pipe != nullptr);
-  std::string out;
-  char buf[4096];
-  while (size_t n = fread(buf, 1, sizeof buf, pipe)) out.append(buf, n);
-  int status = pclose(pipe);
-  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
-}
+// `tandem ARGS`, stdout and stderr together.
+Run run(const std::string& args) { return run_shell(tandem_binary() + " " + args + " 2>&1"); }
 
 std::string source_path(const std::string& rel) {
   const char* src = std::getenv("TANDEM_SOURCE_DIR");

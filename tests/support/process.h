@@ -1,0 +1,60 @@
+// Running commands from tests (the `tandem` binary as a user runs it) and
+// finding a free TCP port for a job's store.
+#pragma once
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <string>
+
+#include "support/testing.h"
+
+namespace tandem::testing {
+
+struct ShellResult {
+  int exit_code;       // -1 when killed by a signal
+  std::string output;  // what the command wrote to stdout (add 2>&1 for stderr)
+  double seconds;
+};
+
+// Runs `script` with sh and collects its stdout.
+inline ShellResult run_shell(const std::string& script) {
+  auto start = std::chrono::steady_clock::now();
+  FILE* pipe = popen(script.c_str(), "r");
+  REQUIRE(pipe != nullptr);
+  std::string out;
+  char buf[4096];
+  while (size_t n = fread(buf, 1, sizeof buf, pipe)) out.append(buf, n);
+  int status = pclose(pipe);
+  double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out, seconds};
+}
+
+// build/tandem, as ctest passes it in TANDEM_BINARY.
+inline std::string tandem_binary() {
+  const char* binary = std::getenv("TANDEM_BINARY");
+  REQUIRE(binary != nullptr);
+  return binary;
+}
+
+// A port nothing listens on right now (the kernel's pick).
+inline int free_port() {
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  REQUIRE(fd >= 0);
+  sockaddr_in addr = {};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  REQUIRE(bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0);
+  socklen_t len = sizeof addr;
+  REQUIRE(getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) == 0);
+  close(fd);
+  return ntohs(addr.sin_port);
+}
+
+}  // namespace tandem::testing
