@@ -4,6 +4,7 @@
 // one process with batch N*B, on one node and on two launchers.
 #include <fmt/format.h>
 
+#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
@@ -123,4 +124,25 @@ TEST_CASE("two launchers of 2 ranks form one job that trains like one process", 
   REQUIRE(out1.find("[rank 3]") != std::string::npos);
   require_same(read_result(dir / "four"), read_result(dir / "one"));
   fs::remove_all(dir);
+}
+
+TEST_CASE("a launched rank with a different model stops the job with one clear line", "[e2e][ddp]") {
+  if (!have_data()) {
+    WARN("SKIPPED: Fashion-MNIST is not installed (run tools/setup.sh)");
+    return;
+  }
+  // Rank 1 builds a wider hidden layer than rank 0.
+  std::string cmd = fmt::format(
+      "timeout 60 {} launch --nproc-per-node 2 --master-port 0 -- sh -c '{} train --config {} --set max_steps=5 "
+      "--set mlp.hidden=[$((32 + RANK))]'",
+      binary(), binary(), config());
+  std::string out;
+  auto start = std::chrono::steady_clock::now();
+  int rc = shell(cmd, &out);
+  double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  INFO(out);
+  REQUIRE(rc == 2);
+  REQUIRE(out.find("rank 1's model differs from rank 0's") != std::string::npos);
+  REQUIRE(out.find("layers.0.weight [32, 784]") != std::string::npos);
+  REQUIRE(seconds < 30);  // fails fast, never waits for a collective timeout
 }
