@@ -183,6 +183,10 @@ std::vector<int> split_members(Store& store, int rank, int size, int64_t split_i
 
 std::string split_prefix(int64_t split_id, int color) { return fmt::format("group/{}/color/{}", split_id, color); }
 
+}  // namespace tandem::collectives::detail
+
+namespace tandem::collectives {
+
 const char* reduce_op_name(ReduceOp op) {
   switch (op) {
     case ReduceOp::sum: return "sum";
@@ -192,4 +196,4 @@ const char* reduce_op_name(ReduceOp op) {
   return "?";
 }
 
-}  // namespace tandem::collectives::detail
+}  // namespace tandem::collectives

@@ -68,6 +68,9 @@ class Communicator {
   virtual int rank() const = 0;
   virtual int size() const = 0;
   virtual const char* backend() const = 0;  // "gloo", "nccl"
+  // The stream operations run on (Note [NCCL comm stream]): NCCL's and a
+  // simulated GPU network's own stream; the CPU stream for host backends.
+  virtual Stream comm_stream() const { return Stream(); }
 
   // In place: every rank's `buf` ends holding the reduction of all of them.
   virtual std::shared_ptr<Work> all_reduce(Buffer buf, ReduceOp op) = 0;

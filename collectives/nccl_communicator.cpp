@@ -209,7 +209,7 @@ class NcclCommunicator final : public detail::DescriptorCommunicator {
   int rank() const override { return rank_; }
   int size() const override { return size_; }
   const char* backend() const override { return "nccl"; }
-  Stream stream() const { return state_->stream; }
+  Stream comm_stream() const override { return state_->stream; }
 
   // As Gloo's split: (color, key) through the store, then a new communicator
   // under the sub-group's prefix; a negative color returns nullptr.
@@ -310,10 +310,6 @@ std::shared_ptr<Communicator> make_nccl_communicator(std::shared_ptr<Store> stor
   return std::make_shared<NcclCommunicator>(std::move(store), rank, size, device, options, world);
 }
 
-Stream comm_stream(Communicator& comm) {
-  if (auto* nccl = dynamic_cast<NcclCommunicator*>(&comm)) return nccl->stream();
-  return Stream();
-}
 
 #else  // a build without CUDA
 
@@ -321,8 +317,8 @@ std::shared_ptr<Communicator> make_nccl_communicator(std::shared_ptr<Store>, int
   throw UserError("the NCCL backend needs a CUDA build (configure with -DTANDEM_CUDA=ON); use the gloo backend on CPUs");
 }
 
-Stream comm_stream(Communicator&) { return Stream(); }
-
 #endif
+
+Stream comm_stream(Communicator& comm) { return comm.comm_stream(); }
 
 }  // namespace tandem::collectives

@@ -6,6 +6,7 @@
 
 #include "bench/bench_collectives.h"
 #include "bench/bench_kernels.h"
+#include "bench/bench_overlap.h"
 #include "runtime/parallel/process_group.h"
 #include "runtime/core/error.h"
 #include "tools/commands.h"
@@ -94,6 +95,23 @@ void add_bench_command(CLI::App& app) {
   coll->add_option("--json", cargs->json_out, "Write the results as JSON (rank 0)");
   coll->add_option("--max-bytes", cargs->max_bytes, "Largest size (default 256 MiB)")->check(CLI::Range(int64_t{8}, int64_t{1} << 34));
   coll->callback([cargs] { run_bench_collectives(*cargs); });
+
+  auto oargs = std::make_shared<bench::OverlapOptions>();
+  auto ojson = std::make_shared<std::string>();
+  CLI::App* ovl = bench->add_subcommand("overlap", "Exposed communication of a DDP step (launched, or --simulated network)");
+  ovl->add_flag("--simulated", oargs->simulated, "One process, a simulated network (on the GPU when one is visible)");
+  ovl->add_option("--world", oargs->world, "Simulated world size (default 8)");
+  ovl->add_option("--gbps", oargs->gbps, "Simulated bandwidth, GB/s (default: all-reduce = --comm-fraction of backward)");
+  ovl->add_option("--latency-us", oargs->latency_us, "Simulated latency per operation (default 20)");
+  ovl->add_option("--comm-fraction", oargs->comm_fraction, "All-reduce / backward the default bandwidth aims at (0.8)");
+  ovl->add_option("--device", oargs->device, "cpu or cuda (default: simulated on a GPU if visible; launched on cpu)");
+  ovl->add_option("--width", oargs->width, "Layer width (default 1024 on GPU, 512 on CPU)");
+  ovl->add_option("--layers", oargs->layers, "Square Linear layers (default 24 on GPU, 12 on CPU)");
+  ovl->add_option("--batch", oargs->batch, "Batch per rank (default 4096 on GPU, 256 on CPU)");
+  ovl->add_option("--steps", oargs->steps, "Timed steps (default 5)");
+  ovl->add_option("--bucket-mb", oargs->bucket_mb, "DDP bucket cap (default: one layer per bucket)");
+  ovl->add_option("--json", *ojson, "Write the results as JSON (rank 0)");
+  ovl->callback([oargs, ojson] { bench::run_overlap_command(*oargs, *ojson); });
 }
 
 }  // namespace tandem::tools

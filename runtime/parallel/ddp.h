@@ -44,6 +44,9 @@ struct Bucket {
   int64_t bytes(DType dtype) const { return (end - begin) * static_cast<int64_t>(dtype_size(dtype)); }
 };
 
+// On the CPU these are host times; on a GPU, device times between events on
+// the compute stream (finish() then waits for its end event, so reading them
+// costs one synchronization per step).
 struct ReduceTimes {
   double comm_ms = 0;     // from the first bucket's issue to the last bucket's completion seen
   double exposed_ms = 0;  // time finish() waited after backward: communication not hidden
@@ -74,6 +77,8 @@ class Reducer {
   std::unordered_map<const Parameter*, int> bucket_of_;
   std::chrono::steady_clock::time_point first_issue_;
   bool issued_any_ = false;
+  int first_bucket_ = 0;               // the first bucket issued in this backward
+  Event finish_start_, finish_end_;    // GPU: device times of finish()
 };
 
 // Splits `params` into buckets as Note [Bucketed all-reduce] says.
