@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # On a machine with a GPU: build with CUDA (or use a build made elsewhere and
-# copied here with tools/bundle.sh), run every GPU test, run the kernel
-# benchmarks, and print their table last.
+# copied here with tools/bundle.sh), run every GPU test (kernels against
+# their CPU twins, NCCL with world size 1, the simulated network), the DDP
+# overlap benchmark on the simulated network, NCCL collectives on one GPU,
+# and the kernel benchmarks, and print the kernel table last.
 #   tools/gpu-check.sh            build into build-gpu/ here, then check
 #   tools/gpu-check.sh DIR        use the existing build in DIR
-# Writes DIR/gpu-tests.log and DIR/bench-kernels.json.
+# Writes DIR/gpu-tests.log, DIR/bench-overlap.json, DIR/bench-nccl.json and
+# DIR/bench-kernels.json.
 set -uo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -29,6 +32,14 @@ echo "== GPU tests"
 rc=${PIPESTATUS[0]}
 if [ "$rc" -eq 77 ]; then echo "gpu-check: FAILED: the GPU tests skipped on a GPU machine"; status=1;
 elif [ "$rc" -ne 0 ]; then echo "gpu-check: FAILED: GPU tests (exit $rc)"; status=1; fi
+
+echo "== DDP overlap on a simulated network (target: exposed <= 10% of all-reduce)"
+"$build/tandem" bench overlap --simulated --device cuda --json "$build/bench-overlap.json" 2>&1 | tail -n 3
+[ "${PIPESTATUS[0]}" -ne 0 ] && { echo "gpu-check: FAILED: bench overlap"; status=1; }
+
+echo "== NCCL collectives, world size 1"
+"$build/tandem" bench collectives --backend nccl --max-bytes 268435456 --json "$build/bench-nccl.json" 2>&1 | tail -n 5
+[ "${PIPESTATUS[0]}" -ne 0 ] && { echo "gpu-check: FAILED: bench collectives (nccl)"; status=1; }
 
 echo "== kernel benchmarks"
 "$build/tandem" bench kernels --device cuda --json "$build/bench-kernels.json" > "$build/bench-kernels.txt" 2>&1
