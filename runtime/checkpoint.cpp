@@ -3,7 +3,11 @@
 #include <fmt/format.h>
 #include <zlib.h>
 
+#include <fcntl.h>
+#include <unistd.h>
+
 #include <filesystem>
+#include <algorithm>
 #include <fstream>
 
 #include "runtime/core/error.h"
@@ -27,6 +31,16 @@ uint32_t file_crc32(const fs::path& path) {
     crc = crc32(crc, reinterpret_cast<const Bytef*>(buf.data()), static_cast<uInt>(in.gcount()));
   }
   return static_cast<uint32_t>(crc);
+}
+
+// Forces `path` (a file or a directory) to disk, so that the rename that
+// publishes a checkpoint never lands before its contents.
+void fsync_path(const fs::path& path) {
+  int fd = ::open(path.c_str(), O_RDONLY);
+  if (fd < 0) throw UserError(fmt::format("cannot open {} to sync it", path.string()));
+  int rc = ::fsync(fd);
+  ::close(fd);
+  if (rc != 0) throw UserError(fmt::format("cannot sync {} to disk", path.string()));
 }
 
 }  // namespace
@@ -61,9 +75,22 @@ std::string save_checkpoint(const std::string& dir, const CheckpointData& data) 
     out << manifest.dump(2) << "\n";
     if (!out) throw UserError(fmt::format("error writing {}/manifest.json", tmp_dir.string()));
   }
+  for (const char* name : {"model.safetensors", "optimizer.safetensors", "manifest.json"}) fsync_path(tmp_dir / name);
+  fsync_path(tmp_dir);
   fs::remove_all(final_dir);
   fs::rename(tmp_dir, final_dir);
+  fsync_path(dir);  // the rename itself
   return final_dir.string();
+}
+
+void keep_newest_checkpoints(const std::string& dir, int keep) {
+  if (keep <= 0) return;
+  std::vector<fs::path> steps;
+  std::error_code ec;
+  for (const auto& entry : fs::directory_iterator(dir, ec))
+    if (entry.is_directory() && entry.path().filename().string().starts_with("step_")) steps.push_back(entry.path());
+  std::sort(steps.begin(), steps.end());  // zero-padded names sort by step
+  for (size_t i = 0; i + keep < steps.size(); i++) fs::remove_all(steps[i]);
 }
 
 json verify_checkpoint(const std::string& step_dir) {

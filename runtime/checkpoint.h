@@ -3,8 +3,9 @@
 //   optimizer.safetensors  the optimizer's flat state buffers
 //   manifest.json          step, format, what else the trainer records, and
 //                          each file's size and CRC-32
-// The directory is written under a temporary name and renamed when every
-// file is on disk, so a crash never leaves a half checkpoint that looks whole.
+// The directory is written under a temporary name, every file and the
+// directory are fsynced, then it is renamed: a crash never leaves a half
+// checkpoint that looks whole.
 #pragma once
 
 #include <nlohmann/json.hpp>
@@ -24,6 +25,9 @@ struct CheckpointData {
 
 // Writes `data` under `dir`; returns the checkpoint's directory.
 std::string save_checkpoint(const std::string& dir, const CheckpointData& data);
+
+// Removes all but the newest `keep` step directories under `dir` (keep <= 0: all stay).
+void keep_newest_checkpoints(const std::string& dir, int keep);
 
 // Reads and checks a manifest (every file present, sizes and CRC-32s match);
 // throws UserError naming the first problem. Returns the manifest.

@@ -56,6 +56,18 @@ std::map<std::string, Tensor> Optimizer::state() const {
   return out;
 }
 
+void Optimizer::load_state(const std::map<std::string, Tensor>& saved, int64_t steps_taken) {
+  for (auto& [name, buffer] : state()) {
+    auto it = saved.find(name);
+    if (it == saved.end() || it->second.dtype() != buffer.dtype() || it->second.numel() != buffer.numel())
+      throw UserError("the checkpoint's optimizer state has no matching '" + name + "' (" + config_.name +
+                      " with " + std::to_string(buffer.numel()) + " values): was it written with another optimizer?");
+    buffer.copy_from(it->second);
+  }
+  if (params_.values().device().is_cuda()) Stream::default_for(params_.values().device()).synchronize();
+  step_ = steps_taken;
+}
+
 float LrSchedule::at(int64_t step) const {
   if (step < warmup_steps) return lr * static_cast<float>(step + 1) / static_cast<float>(warmup_steps);
   if (!cosine) return lr;

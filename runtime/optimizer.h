@@ -36,6 +36,10 @@ class Optimizer {
   const Tensor& weights() const { return master_.defined() ? master_ : params_.values(); }
   // Named state buffers for checkpoints: "master", "exp_avg", ...
   std::map<std::string, Tensor> state() const;
+  // Restores state() from a checkpoint (CPU tensors of the same names and
+  // sizes; UserError naming the first that differs) and the step count.
+  void load_state(const std::map<std::string, Tensor>& saved, int64_t steps_taken);
+  void set_steps_taken(int64_t steps) { step_ = steps; }
 
  private:
   const ParameterSet& params_;

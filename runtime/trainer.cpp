@@ -12,6 +12,7 @@
 #include "runtime/metrics.h"
 #include "runtime/optimizer.h"
 #include "runtime/parallel/ddp.h"
+#include "runtime/resume.h"
 #include "runtime/sampler.h"
 
 namespace tandem {
@@ -53,6 +54,17 @@ struct BatchBuffers {
 
   Tensor x_host, y_host, x_f32, x, y;
 };
+
+Tensor make_scalar_i32(int32_t value, Device device) {
+  Tensor t = Tensor::empty({1}, DType::i32, Device::cpu());
+  t.data_as<int32_t>()[0] = value;
+  return device.is_cuda() ? t.to(device) : t;
+}
+
+int32_t read_scalar_i32(const Tensor& t) {
+  Tensor host = t.device().is_cpu() ? t : t.to(Device::cpu());
+  return host.data_as<int32_t>()[0];
+}
 
 // `path` for rank 0; "trace-rank3.json" for rank 3 of "trace.json".
 std::string rank_path(const std::string& path, int rank) {
@@ -131,6 +143,36 @@ Tensor initial_weights(const ParameterSet& params, const Context& ctx, const par
   return init;
 }
 
+// Rank 0 finds and reads the checkpoint to resume from (outputs.resume:
+// "none", "auto" for the newest valid one in the checkpoint directory, or a
+// step directory); its step and weights reach the other ranks by broadcast.
+// Step 0 when there is none.
+ResumePoint resume_point(const TrainOutputs& outputs, const ParameterSet& params, const parallel::ProcessGroup& pg,
+                         Device comm_device, collectives::Millis timeout) {
+  ResumePoint r;
+  if (outputs.resume.empty() || outputs.resume == "none") return r;
+  if (pg.rank() == 0) {
+    std::optional<std::string> dir =
+        outputs.resume == "auto" ? newest_valid_checkpoint(outputs.ckpt_dir) : std::optional(outputs.resume);
+    if (dir) {
+      r = load_resume_point(*dir, params);
+      log_info("resuming from {} (step {})", *dir, r.step);
+    } else {
+      log_info("no checkpoint to resume from in '{}': starting at step 0", outputs.ckpt_dir);
+    }
+  }
+  if (!pg.comm) return r;
+  Tensor step = make_scalar_i32(static_cast<int32_t>(r.step), comm_device);
+  pg.comm->broadcast(collectives::Buffer::of(step), 0)->wait(timeout);
+  r.step = read_scalar_i32(step);
+  if (r.step == 0) return r;
+  Tensor weights = pg.rank() == 0 ? r.weights : Tensor::zeros({params.numel()}, DType::f32, Device::cpu());
+  if (comm_device.is_cuda()) weights = weights.to(comm_device);
+  pg.comm->broadcast(collectives::Buffer::of(weights), 0)->wait(timeout);
+  r.weights = weights;
+  return r;
+}
+
 }  // namespace
 
 TrainSummary train_classifier(const TrainConfig& config, Module& model, ParameterSet& params,
@@ -141,12 +183,21 @@ TrainSummary train_classifier(const TrainConfig& config, Module& model, Paramete
   bool leader = pg.rank() == 0;  // rank 0 logs, writes metrics and checkpoints
 
   Tensor init = initial_weights(params, ctx, pg, timeout);
+  Device comm_device = pg.comm && std::string(pg.comm->backend()) == "nccl" ? ctx.device : Device::cpu();
+  ResumePoint resume = resume_point(outputs, params, pg, comm_device, timeout);
+  if (resume.step > 0) init = resume.weights;
   params.allocate(ctx.device, ctx.dtype, init);
   OptimizerConfig oc{config.optimizer, static_cast<float>(config.weight_decay), static_cast<float>(config.momentum),
                      config.nesterov, static_cast<float>(config.beta1), static_cast<float>(config.beta2),
                      static_cast<float>(config.eps)};
   Optimizer optimizer(params, oc, init);
   init = Tensor();
+  if (resume.step > 0) {
+    if (leader) optimizer.load_state(resume.optimizer_state, resume.step);
+    optimizer.set_steps_taken(resume.step);
+    if (pg.comm)  // the state buffers live where the communicator's buffers do
+      for (auto& [name, buffer] : optimizer.state()) pg.comm->broadcast(collectives::Buffer::of(buffer), 0)->wait(timeout);
+  }
 
   // Micro-batches: batch_size per rank, grad_accum_steps of them per step.
   EpochSampler sampler(train.count, config.batch_size, ctx.seed, pg.rank(), pg.size());
@@ -200,10 +251,13 @@ TrainSummary train_classifier(const TrainConfig& config, Module& model, Paramete
     data.info = {{"config", to_toml(config)}, {"optimizer_steps", optimizer.steps_taken()},
                  {"data_cursor", {{"next_step", step}}}, {"seed", config.seed}, {"world_size", pg.size()}};
     summary.checkpoint = save_checkpoint(outputs.ckpt_dir, data);
+    keep_newest_checkpoints(outputs.ckpt_dir, outputs.keep);
     log_info("wrote checkpoint {}", summary.checkpoint);
   };
 
-  for (int64_t step = 0; step < total_steps; step++) {
+  if (resume.step >= total_steps && leader)
+    log_info("the checkpoint is at step {}, which ends this run ({} steps): nothing to train", resume.step, total_steps);
+  for (int64_t step = resume.step; step < total_steps; step++) {
     int64_t done = step + 1;
     bool last = done == total_steps;
     bool log_now = done % config.log_every == 0 || last;
@@ -252,7 +306,7 @@ TrainSummary train_classifier(const TrainConfig& config, Module& model, Paramete
       if (config.grad_clip > 0) record["grad_norm"] = clip.norm;
       metrics.write(record);
       if (outputs.progress && leader) {
-        double eta = seconds_since(run_start) / done * (total_steps - done);
+        double eta = seconds_since(run_start) / (done - resume.step) * (total_steps - done);
         log_info("step {:>6}/{} | epoch {} | loss {:.4f} | lr {:.2e} | {:.0f} samples/s | {:.2f} ms/step | ETA {}",
                  done, total_steps, step / steps_per_epoch, summary.final_loss, lr, samples_per_s, step_ms,
                  format_duration(eta));

@@ -18,6 +18,8 @@ struct TrainOutputs {
   std::string ckpt_dir;     // checkpoints; empty: none
   bool progress = true;     // the progress line on stderr
   std::string trace_out;    // a Chrome/Perfetto trace; ranks > 0 write FILE with "-rank<R>" before its extension
+  std::string resume = "none";  // "none", "auto" (newest valid checkpoint in ckpt_dir) or a step directory
+  int keep = 0;                 // checkpoints to keep, newest first (0: all)
 };
 
 struct TrainSummary {

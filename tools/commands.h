@@ -8,5 +8,6 @@ namespace tandem::tools {
 void add_train_command(CLI::App& app);
 void add_bench_command(CLI::App& app);
 void add_launch_command(CLI::App& app);
+void add_ckpt_command(CLI::App& app);
 
 }  // namespace tandem::tools

@@ -17,6 +17,7 @@ int main(int argc, char** argv) {
   tandem::tools::add_train_command(app);
   tandem::tools::add_bench_command(app);
   tandem::tools::add_launch_command(app);
+  tandem::tools::add_ckpt_command(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -1,6 +1,7 @@
 // tandem train: reads a config, builds the model it names, trains it.
 #include <fmt/format.h>
 
+#include <cstdlib>
 #include <memory>
 
 #include "models/mlp/mlp.h"
@@ -18,7 +19,16 @@ struct TrainArgs {
   std::string metrics_out;
   std::string ckpt_dir;
   std::string trace_out;
+  std::string resume;  // empty: auto when the launcher restarted the job, else none
+  int keep = 0;
 };
+
+// Under `tandem launch --max-restarts`, a restarted job continues from its
+// newest valid checkpoint; a first attempt starts fresh unless asked.
+std::string default_resume() {
+  const char* restarts = std::getenv("TANDEM_RESTART_COUNT");
+  return restarts && std::atoi(restarts) > 0 ? "auto" : "none";
+}
 
 void run_train(const TrainArgs& args) {
   TrainConfig config = load_train_config(args.config, args.overrides);
@@ -36,7 +46,13 @@ void run_train(const TrainArgs& args) {
   auto timeout = collectives::Millis(static_cast<int64_t>(config.comm_timeout * 1000));
   parallel::ProcessGroup pg = parallel::init_process_group(config.backend, resolve_device(config.device), timeout);
   TrainSummary s = train_classifier(config, mlp.net, mlp.params, train, test,
-                                    {.metrics_out = args.metrics_out, .ckpt_dir = args.ckpt_dir, .trace_out = args.trace_out}, pg);
+                                    {.metrics_out = args.metrics_out,
+                                     .ckpt_dir = args.ckpt_dir,
+                                     .progress = true,
+                                     .trace_out = args.trace_out,
+                                     .resume = args.resume.empty() ? default_resume() : args.resume,
+                                     .keep = args.keep},
+                                    pg);
   if (pg.rank() != 0) return;  // rank 0 prints the summary
   fmt::print("{{\"steps\": {}, \"final_loss\": {:.6f}, \"test_accuracy\": {:.4f}, \"seconds\": {:.1f}}}\n", s.steps,
              s.final_loss, s.test_accuracy, s.seconds);
@@ -51,6 +67,10 @@ void add_train_command(CLI::App& app) {
   cmd->add_option("--set", args->overrides, "Override a config key: --set lr=0.01 --set mlp.hidden=[128]");
   cmd->add_option("--metrics-out", args->metrics_out, "Write one JSON object per logged step to this file");
   cmd->add_option("--ckpt-dir", args->ckpt_dir, "Write checkpoints under this directory");
+  cmd->add_option("--resume", args->resume,
+                  "auto (the newest valid checkpoint in --ckpt-dir), none, or a checkpoint directory "
+                  "(default: auto when tandem launch restarted the job, else none)");
+  cmd->add_option("--keep", args->keep, "Keep only the newest K checkpoints (default: all)")->check(CLI::NonNegativeNumber);
   cmd->add_option("--trace-out", args->trace_out,
                   "Write a Chrome/Perfetto trace (forward/backward per module, all-reduce per bucket)");
   cmd->callback([args] { run_train(*args); });

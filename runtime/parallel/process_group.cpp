@@ -43,6 +43,7 @@ WorldEnv read_world_env() {
   w.master_port = env_int("MASTER_PORT", 29500, 1);
   if (const char* t = env("TANDEM_JOB_TOKEN")) w.token = t;
   if (const char* b = env("TANDEM_BACKEND")) w.backend = b;
+  w.restart_count = env_int("TANDEM_RESTART_COUNT", 0, 0);
   return w;
 }
 
@@ -64,7 +65,10 @@ ProcessGroup init_process_group(const std::string& backend, Device device, colle
   if (pg.env.token.empty())
     throw UserError("TANDEM_JOB_TOKEN is not set: start multi-rank jobs with `tandem launch`, or export the same "
                     "token on every rank");
-  pg.store = collectives::connect_tcp_store(pg.env.master_addr, pg.env.master_port, pg.env.token, timeout);
+  // Each attempt of a restarted job rendezvous under its own prefix, so it
+  // never reads the keys an earlier attempt left in the launcher's store.
+  auto tcp = collectives::connect_tcp_store(pg.env.master_addr, pg.env.master_port, pg.env.token, timeout);
+  pg.store = collectives::make_prefix_store(fmt::format("attempt/{}", pg.env.restart_count), tcp);
   collectives::CommOptions options;
   options.timeout = timeout;
   pg.comm = chosen == "nccl" ? collectives::make_nccl_communicator(pg.store, pg.env.rank, pg.env.world_size, device, options)

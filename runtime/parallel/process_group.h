@@ -20,6 +20,7 @@ struct WorldEnv {
   int master_port = 29500;
   std::string token;    // TANDEM_JOB_TOKEN
   std::string backend;  // TANDEM_BACKEND, if the launcher chose one
+  int restart_count = 0;  // TANDEM_RESTART_COUNT: how often the launcher restarted the job
 };
 
 // Reads the environment; throws UserError for inconsistent values
