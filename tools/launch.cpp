@@ -2,17 +2,13 @@
 //
 //   tandem launch [--nproc-per-node N|gpu|cpu|auto] [--nnodes N --node-rank I
 //                 --master-addr H --master-port P] [--backend nccl|gloo]
-//                 [--max-restarts 0] -- command args...
+//                 [--max-restarts K] -- command args...
 //
-// Node 0's launcher serves the TCP store the workers rendezvous on; every
-// launcher starts its workers (workers.h), relays their output, and watches
-// them. The first failure anywhere ends the job: a launcher whose worker
-// fails (or that gets a signal) publishes "launch/failed" in the store,
-// stops its workers, and every other launcher, polling that key, stops its
-// own. Node 0 keeps the store up until every launcher has counted itself in
-// "launch/done", so no worker loses the store while it still needs it.
-// Exit code: 0 when every worker succeeded, else the first failure's code
-// (128 + signal for a worker killed by one, or for a launcher stopped by one).
+// This file turns flags (or Slurm's variables) into a plan, serves the TCP
+// store on node 0, brings every node's launcher together, and builds each
+// worker's environment. Watching the workers, spreading a failure to the
+// other nodes and restarting the whole job live in launcher.h (Note
+// [Restarts]); starting the workers and relaying their output in workers.h.
 #include <fmt/format.h>
 #include <signal.h>
 #include <unistd.h>
@@ -25,6 +21,7 @@
 #include "runtime/core/device.h"
 #include "runtime/core/error.h"
 #include "tools/commands.h"
+#include "tools/launcher.h"
 #include "tools/slurm.h"
 #include "tools/workers.h"
 
@@ -36,15 +33,9 @@ using collectives::Store;
 using Clock = std::chrono::steady_clock;
 
 constexpr int kDefaultMasterPort = 29500;
-constexpr Millis kStopGrace{10000};          // SIGTERM -> SIGKILL
-constexpr Millis kJoinTimeout{300000};       // for every node's launcher to join
-constexpr Millis kTick{20};                  // how often workers and signals are checked
-constexpr Millis kStorePoll{200};            // how often "launch/failed" is checked
-constexpr Millis kHeartbeat{1000};           // how often a launcher says it is alive
-constexpr Millis kPeerSilence{30000};        // a launcher silent this long is gone
-constexpr Millis kFailureAckTimeout{10000};  // after a failure, for the others to notice
-constexpr Millis kOutputDrain{2000};         // for pipes a worker's children hold open
-constexpr Millis kNoLimit = std::chrono::hours(24 * 365);  // node 0 waits on heartbeats, not a clock
+constexpr Millis kJoinTimeout{300000};  // for every node's launcher to join
+constexpr Millis kJoinPoll{200};        // how often the joined nodes are counted
+constexpr Millis kMismatchWait{5000};   // node 0, for the others to see that the nodes disagree
 
 struct LaunchArgs {
   std::string nproc_per_node;
@@ -57,13 +48,6 @@ struct LaunchArgs {
   std::vector<std::string> command;
   CLI::Option *nproc_opt = nullptr, *nnodes_opt = nullptr, *node_rank_opt = nullptr, *addr_opt = nullptr,
               *port_opt = nullptr;
-};
-
-// The settings once flags, Slurm and defaults are combined.
-struct LaunchPlan {
-  int nproc = 1, nnodes = 1, node_rank = 0, master_port = kDefaultMasterPort, max_restarts = 0;
-  bool port_given = false;  // else one node may move off a busy default port
-  std::string master_addr, backend, token, host;
 };
 
 int parse_nproc(const std::string& text) {
@@ -85,9 +69,8 @@ bool is_loopback(const std::string& host) {
 }
 
 LaunchPlan resolve_plan(const LaunchArgs& a) {
-  if (a.max_restarts != 0)
-    throw UserError(fmt::format("--max-restarts {}: restarting the job is not implemented yet; use 0 (the default)",
-                                a.max_restarts));
+  if (a.max_restarts < 0)
+    throw UserError(fmt::format("--max-restarts {}: expected 0 or more whole-job restarts", a.max_restarts));
   if (a.command.empty()) throw UserError("no command to run: tandem launch [options] -- <command> [args...]");
   bool all_given = a.nproc_opt->count() && a.nnodes_opt->count() && a.node_rank_opt->count() && a.addr_opt->count();
   SlurmJob slurm = all_given ? SlurmJob{} : read_slurm_env();
@@ -128,7 +111,7 @@ LaunchPlan resolve_plan(const LaunchArgs& a) {
   return p;
 }
 
-Env worker_env(const LaunchPlan& p, int port, int local_rank) {
+Env worker_env(const LaunchPlan& p, int port, int local_rank, int attempt) {
   Env env = {
       {"RANK", std::to_string(p.node_rank * p.nproc + local_rank)},
       {"LOCAL_RANK", std::to_string(local_rank)},
@@ -140,7 +123,7 @@ Env worker_env(const LaunchPlan& p, int port, int local_rank) {
       {"MASTER_PORT", std::to_string(port)},
       {"TANDEM_JOB_TOKEN", p.token},
       {"TANDEM_BACKEND", p.backend},
-      {"TANDEM_RESTART_COUNT", "0"},
+      {"TANDEM_RESTART_COUNT", std::to_string(attempt)},
       {"TANDEM_MAX_RESTARTS", std::to_string(p.max_restarts)},
   };
   // CPU workers share the cores: one OpenMP/OpenBLAS thread each unless told.
@@ -156,6 +139,8 @@ void rendezvous(Store& store, const LaunchPlan& p) {
   if (held != me)
     throw UserError(fmt::format(
         "node rank {} is already taken (nproc, host, pid: {}); give each node its own --node-rank", p.node_rank, held));
+  store.set(fmt::format("launch/max_restarts/{}", p.node_rank), collectives::to_bytes(std::to_string(p.max_restarts)));
+  store.compare_set("launch/attempt", {}, collectives::to_bytes("0"));
   std::vector<std::string> keys;
   for (int i = 0; i < p.nnodes; i++) keys.push_back(fmt::format("launch/node/{}", i));
   auto start = Clock::now();
@@ -173,184 +158,30 @@ void rendezvous(Store& store, const LaunchPlan& p) {
                                   p.master_addr, p.master_port));
       told = true;
     }
-    std::this_thread::sleep_for(kStorePoll);
+    std::this_thread::sleep_for(kJoinPoll);
   }
-  for (int i = 0; i < p.nnodes; i++) {
+  std::string mismatch;
+  for (int i = 0; i < p.nnodes && mismatch.empty(); i++) {
     std::string other = collectives::to_string(store.get(keys[i], kJoinTimeout));
+    int restarts = std::atoi(
+        collectives::to_string(store.get(fmt::format("launch/max_restarts/{}", i), kJoinTimeout)).c_str());
     if (std::atoi(other.c_str()) != p.nproc)
-      throw UserError(fmt::format("node {} has --nproc-per-node {} but node {} has {} (nproc, host, pid: {}); every "
-                                  "node needs the same",
-                                  p.node_rank, p.nproc, i, std::atoi(other.c_str()), other));
+      mismatch = fmt::format("node {} has --nproc-per-node {} but node {} has {} (nproc, host, pid: {}); every node "
+                             "needs the same",
+                             p.node_rank, p.nproc, i, std::atoi(other.c_str()), other);
+    else if (restarts != p.max_restarts)
+      mismatch = fmt::format("node {} has --max-restarts {} but node {} has {}; every node needs the same",
+                             p.node_rank, p.max_restarts, i, restarts);
   }
+  if (mismatch.empty()) return;
+  // Every launcher finds a mismatch; node 0 keeps the store up (a few
+  // seconds at most) until the others have found theirs too.
+  if (p.node_rank != 0) store.add("launch/gone", 1);
+  auto deadline = Clock::now() + kMismatchWait;
+  while (p.node_rank == 0 && store.add("launch/gone", 0) < p.nnodes - 1 && Clock::now() < deadline)
+    std::this_thread::sleep_for(kJoinPoll);
+  throw UserError(mismatch);
 }
-
-// One node's launcher, from its workers' start to its exit code.
-class Launcher {
- public:
-  Launcher(const LaunchPlan& plan, std::shared_ptr<Store> store) : p_(plan), store_(std::move(store)) {}
-
-  int run(WorkerGroup& group) {
-    supervise(group);
-    if (!failure_.empty()) {
-      publish_failure();
-      report_done();
-      int sig = signal_ ? signal_ : SIGTERM;
-      int seen = signals_received();
-      group.stop(sig, kStopGrace, [seen] { return signals_received() > seen; });
-    } else {
-      report_done();
-    }
-    if (p_.node_rank == 0 && store_ && !peer_lost_) wait_for_nodes(failure_.empty() ? kNoLimit : kFailureAckTimeout);
-    group.finish_output(kOutputDrain);
-    if (failure_.empty()) return 0;
-    write_locked(2, fmt::format("tandem launch: {}\n", failure_));
-    return code_ != 0 ? code_ : 1;
-  }
-
- private:
-  void fail(int code, std::string why) {
-    if (!failure_.empty()) return;
-    code_ = code;
-    failure_ = std::move(why);
-  }
-
-  bool got_signal() {
-    if (signals_received() == 0 || !failure_.empty()) return !failure_.empty();
-    signal_ = last_signal();
-    fail(128 + signal_, p_.nnodes > 1 ? fmt::format("the launcher on {} (node {}) received {}; stopped its workers",
-                                                    p_.host, p_.node_rank, signal_name(signal_))
-                                      : fmt::format("received {}; stopped the workers", signal_name(signal_)));
-    return true;
-  }
-
-  void supervise(WorkerGroup& group) {
-    auto next_poll = Clock::now();
-    while (true) {
-      for (const ExitCause& c : group.reap())
-        if (c.failed()) fail(c.exit_code(), c.describe(p_.nnodes > 1 ? p_.host : ""));
-      if (got_signal() || !failure_.empty() || group.all_exited()) return;
-      if (store_ && Clock::now() >= next_poll) {
-        next_poll = Clock::now() + kStorePoll;
-        poll_store();
-        if (!failure_.empty()) return;
-      }
-      std::this_thread::sleep_for(kTick);
-    }
-  }
-
-  // Another node's failure, this node's heartbeat, node 0's watch on the others.
-  void poll_store() {
-    try {
-      if (store_->check({"launch/failed"})) {
-        remote_failure_ = true;
-        take_published_failure();
-        return;
-      }
-      if (Clock::now() < next_heartbeat_) return;
-      next_heartbeat_ = Clock::now() + kHeartbeat;
-      if (p_.node_rank != 0) store_->add(fmt::format("launch/alive/{}", p_.node_rank), 1);
-      if (p_.node_rank == 0) watch_peers();
-    } catch (const std::exception& e) {
-      lose_store(e);
-    }
-  }
-
-  void take_published_failure() {
-    std::string value = collectives::to_string(store_->get("launch/failed", kStorePoll * 10));
-    size_t space = value.find(' ');
-    code_ = std::atoi(value.substr(0, space).c_str());
-    failure_ = space == std::string::npos ? value : value.substr(space + 1);
-  }
-
-  void lose_store(const std::exception& e) {
-    store_.reset();
-    fail(1, fmt::format("lost the store at {}:{} (did node 0's launcher stop?): {}", p_.master_addr, p_.master_port,
-                        e.what()));
-  }
-
-  // Node 0: fails the job when a node still running has stopped reporting.
-  void watch_peers() {
-    if (alive_.empty()) {
-      alive_.assign(p_.nnodes, -1);
-      changed_.assign(p_.nnodes, Clock::now());
-    }
-    for (int i = 1; i < p_.nnodes; i++) {
-      if (store_->check({fmt::format("launch/done/{}", i)})) continue;
-      int64_t n = store_->add(fmt::format("launch/alive/{}", i), 0);
-      if (n != alive_[i]) {
-        alive_[i] = n;
-        changed_[i] = Clock::now();
-      } else if (Clock::now() - changed_[i] > kPeerSilence) {
-        fail(1, fmt::format("the launcher of node {} stopped reporting for {} s; its workers' outcome is unknown", i,
-                            kPeerSilence.count() / 1000));
-        peer_lost_ = true;
-        return;
-      }
-    }
-  }
-
-  // The first failure published wins; a later one adopts it.
-  void publish_failure() {
-    if (!store_ || remote_failure_) return;
-    try {
-      std::string mine = fmt::format("{} {}", code_, failure_);
-      std::string held = collectives::to_string(
-          store_->compare_set("launch/failed", {}, collectives::to_bytes(mine)));
-      if (held != mine) take_published_failure();
-    } catch (const std::exception&) {
-      store_.reset();  // keep our own cause: it is what happened here
-    }
-  }
-
-  void report_done() {
-    if (!store_) return;
-    try {
-      store_->set(fmt::format("launch/done/{}", p_.node_rank), collectives::to_bytes("1"));
-      store_->add("launch/done", 1);
-    } catch (const std::exception& e) {
-      lose_store(e);
-    }
-  }
-
-  // Node 0: serves the store until every launcher is done, a failure has
-  // had `limit` to spread, a launcher went silent, or a signal arrives.
-  void wait_for_nodes(Millis limit) {
-    auto deadline = Clock::now() + limit;
-    int seen = signals_received();
-    try {
-      while (store_->add("launch/done", 0) < p_.nnodes && Clock::now() < deadline) {
-        if (!failure_.empty()) {
-          if (signals_received() > seen) return;
-        } else if (got_signal()) {
-          publish_failure();
-          seen = signals_received();  // a second one stops the wait
-          deadline = Clock::now() + kFailureAckTimeout;
-        } else if (store_->check({"launch/failed"})) {
-          take_published_failure();
-          deadline = Clock::now() + kFailureAckTimeout;
-        } else if (Clock::now() >= next_heartbeat_) {
-          next_heartbeat_ = Clock::now() + kHeartbeat;
-          watch_peers();
-          if (peer_lost_) return publish_failure();
-        }
-        std::this_thread::sleep_for(kStorePoll);
-      }
-    } catch (const std::exception& e) {
-      fail(1, fmt::format("the store failed while waiting for the other nodes: {}", e.what()));
-    }
-  }
-
-  LaunchPlan p_;
-  std::shared_ptr<Store> store_;
-  std::string failure_;  // the job's first failure; empty while all is well
-  int code_ = 0;
-  int signal_ = 0;  // the signal the launcher got, when that is the failure
-  bool remote_failure_ = false;
-  bool peer_lost_ = false;  // a launcher went silent: nobody is left to wait for
-  Clock::time_point next_heartbeat_ = Clock::now();
-  std::vector<int64_t> alive_;
-  std::vector<Clock::time_point> changed_;
-};
 
 int run_launch(const LaunchArgs& args) {
   LaunchPlan p = resolve_plan(args);
@@ -373,12 +204,17 @@ int run_launch(const LaunchArgs& args) {
     store = collectives::connect_tcp_store(p.node_rank == 0 ? "127.0.0.1" : p.master_addr, port, p.token, kJoinTimeout);
     rendezvous(*store, p);
   }
-  std::vector<WorkerSpec> specs;
-  for (int local = 0; local < p.nproc; local++)
-    specs.push_back({.rank = p.node_rank * p.nproc + local, .env = worker_env(p, port, local)});
+  // Resolved once, so a command that cannot be found is a user error now,
+  // not at a restart.
+  resolve_command(args.command[0], worker_env(p, port, 0, 0));
+  auto start = [&](int attempt) {
+    std::vector<WorkerSpec> specs;
+    for (int local = 0; local < p.nproc; local++)
+      specs.push_back({.rank = p.node_rank * p.nproc + local, .env = worker_env(p, port, local, attempt)});
+    return std::make_unique<WorkerGroup>(args.command, specs);
+  };
   install_launcher_signal_handlers();
-  WorkerGroup group(args.command, specs);
-  return Launcher(p, store).run(group);
+  return run_job(p, store, start);
 }
 
 }  // namespace
@@ -399,13 +235,16 @@ void add_launch_command(CLI::App& app) {
                                    "Port of the store on node 0 (default 29500, or a free one on a single node "
                                    "when 29500 is busy; 0 picks a free one on a single node)");
   cmd->add_option("--backend", args->backend, "nccl or gloo (default: nccl when a GPU is visible, else gloo)");
-  cmd->add_option("--max-restarts,--max_restarts", args->max_restarts, "Whole-job restarts (only 0 for now)");
+  cmd->add_option("--max-restarts,--max_restarts", args->max_restarts, "Whole-job restarts after a worker fails (default 0); workers see TANDEM_RESTART_COUNT");
   cmd->add_option("command", args->command, "The command each worker runs; put -- before it");
   cmd->footer(
       "Each worker gets RANK, LOCAL_RANK, WORLD_SIZE, LOCAL_WORLD_SIZE, GROUP_RANK, MASTER_ADDR, MASTER_PORT,\n"
       "TANDEM_JOB_TOKEN and TANDEM_BACKEND; its output lines are prefixed with \"[rank R] \". Jobs on several\n"
-      "nodes need TANDEM_JOB_TOKEN set to one secret on every node. Exit code: 0 when every worker succeeds,\n"
-      "else the first failure's exit code (128 + signal when it was killed by one).");
+      "nodes need TANDEM_JOB_TOKEN set to one secret on every node. When a worker fails, the job's workers are\n"
+      "stopped and, --max-restarts times at most, all started again (same ranks) with TANDEM_RESTART_COUNT\n"
+      "counting the restarts (tandem train then resumes from its newest checkpoint). Exit code: 0 when every\n"
+      "worker of an attempt succeeds, else the job's first failure's exit code (128 + signal when it was\n"
+      "killed by one).");
   cmd->callback([args] {
     int code = run_launch(*args);
     if (code != 0) std::exit(code);  // the launcher's exit code is the job's; everything is torn down by now

@@ -316,7 +316,7 @@ TEST_CASE("launch gives one clear line (exit 2) for each bad invocation", "[e2e]
   };
   std::vector<Case> cases = {
       {"--nnodes 2 --node-rank 0 --master-port 29999 -- true", "", "TANDEM_JOB_TOKEN"},
-      {"--max-restarts 2 -- true", "", "not implemented yet"},
+      {"--max-restarts -1 -- true", "", "--max-restarts -1: expected 0 or more"},
       {"--nnodes 2 --node-rank 2 -- true", "", "--node-rank 2 is outside 0..1"},
       {"--nproc-per-node 0 -- true", "", "--nproc-per-node '0'"},
       {"--nproc-per-node many -- true", "", "--nproc-per-node 'many'"},

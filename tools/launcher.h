@@ -1,0 +1,59 @@
+// One node's launcher from its first workers' start to its exit code: it
+// watches each attempt of the job, spreads failures between nodes through
+// the store, and restarts the whole job up to --max-restarts times.
+//
+// Note [Restarts]: an attempt is one run of every worker of the job; the
+// workers of attempt A see TANDEM_RESTART_COUNT=A (and `tandem train`
+// resumes from its newest checkpoint that verifies when A > 0; the process
+// group keeps each attempt's keys under "attempt/A", so a restarted job
+// never reads the previous attempt's). When a worker fails (non-zero exit
+// or a signal), its launcher publishes the failure for that attempt and
+// stops its workers; every other launcher sees the key and stops its own.
+// With restarts left, each launcher prints one line naming the attempt's
+// failure and meets the others at a store barrier before it starts the
+// workers of attempt A+1 (same ranks, same store: node 0's launcher keeps
+// serving it through every attempt). With none left, it exits with the
+// job's first failure. A signal to a launcher, a lost store, a silent node
+// or a node that does not come back to the barrier ends the job without
+// another restart ("launch/abort").
+//
+// Store keys (all under "launch/"; A is an attempt, I a node rank):
+//   node/I              "nproc host pid" of node I's launcher (rendezvous)
+//   max_restarts        --max-restarts, which every node must share
+//   attempt             the attempt the job is on (moved on at each barrier)
+//   failed/A            "code cause" of attempt A's first failure (first wins)
+//   abort               "code cause" of what ended the job's restarts
+//   done/A, done/A/I    count of, and flag per, launchers whose attempt A ended
+//   ready/A, ready/A/I  count of, and flag per, launchers at the barrier before A
+//   alive/I             node I's heartbeat counter (node 0 watches it)
+//   gone                count of launchers (other than node 0) that have
+//                       exited; node 0 keeps the store up for them
+#pragma once
+
+#include <functional>
+#include <memory>
+#include <string>
+
+#include "collectives/store.h"
+#include "tools/workers.h"
+
+namespace tandem::tools {
+
+// The settings once flags, Slurm and defaults are combined.
+struct LaunchPlan {
+  int nproc = 1, nnodes = 1, node_rank = 0, master_port = 0, max_restarts = 0;
+  bool port_given = false;  // else one node may move off a busy default port
+  std::string master_addr, backend, token, host;
+};
+
+// Starts this node's workers for one attempt (TANDEM_RESTART_COUNT=attempt).
+using StartWorkers = std::function<std::unique_ptr<WorkerGroup>(int attempt)>;
+
+// Runs the job on this node, attempt after attempt (Note [Restarts]);
+// returns the launcher's exit code: 0 when an attempt succeeded on every
+// node, else the job's first failure's code (128 + signal for a worker
+// killed by one, or for a launcher stopped by one). `store` is null for a
+// job on one node, which needs no agreement.
+int run_job(const LaunchPlan& plan, std::shared_ptr<collectives::Store> store, const StartWorkers& start);
+
+}  // namespace tandem::tools
