@@ -1,7 +1,7 @@
 #include "runtime/checkpoint.h"
 
 #include <fmt/format.h>
-#include <zlib.h>
+#include <openssl/evp.h>
 
 #include <fcntl.h>
 #include <unistd.h>
@@ -9,6 +9,7 @@
 #include <filesystem>
 #include <algorithm>
 #include <fstream>
+#include <memory>
 
 #include "runtime/core/error.h"
 
@@ -21,16 +22,23 @@ namespace {
 
 constexpr const char* kFormat = "tandem-checkpoint-v1";
 
-uint32_t file_crc32(const fs::path& path) {
+// The SHA-256 of a file, as lowercase hex (what `sha256sum` prints).
+std::string file_sha256(const fs::path& path) {
   std::ifstream in(path, std::ios::binary);
   if (!in) throw UserError(fmt::format("cannot read {}", path.string()));
-  uLong crc = crc32(0L, Z_NULL, 0);
+  std::unique_ptr<EVP_MD_CTX, decltype(&EVP_MD_CTX_free)> ctx(EVP_MD_CTX_new(), EVP_MD_CTX_free);
+  TANDEM_CHECK(ctx && EVP_DigestInit_ex(ctx.get(), EVP_sha256(), nullptr) == 1, "OpenSSL SHA-256 init");
   std::vector<char> buf(1 << 20);
   while (in) {
     in.read(buf.data(), static_cast<std::streamsize>(buf.size()));
-    crc = crc32(crc, reinterpret_cast<const Bytef*>(buf.data()), static_cast<uInt>(in.gcount()));
+    TANDEM_CHECK(EVP_DigestUpdate(ctx.get(), buf.data(), static_cast<size_t>(in.gcount())) == 1, "OpenSSL SHA-256 update");
   }
-  return static_cast<uint32_t>(crc);
+  unsigned char digest[EVP_MAX_MD_SIZE];
+  unsigned int length = 0;
+  TANDEM_CHECK(EVP_DigestFinal_ex(ctx.get(), digest, &length) == 1, "OpenSSL SHA-256 final");
+  std::string hex;
+  for (unsigned int i = 0; i < length; i++) hex += fmt::format("{:02x}", digest[i]);
+  return hex;
 }
 
 // Forces `path` (a file or a directory) to disk, so that the rename that
@@ -67,7 +75,7 @@ std::string save_checkpoint(const std::string& dir, const CheckpointData& data) 
   json files = json::object();
   for (const char* name : {"model.safetensors", "optimizer.safetensors"}) {
     fs::path p = tmp_dir / name;
-    files[name] = {{"bytes", fs::file_size(p)}, {"crc32", file_crc32(p)}};
+    files[name] = {{"bytes", fs::file_size(p)}, {"sha256", file_sha256(p)}};
   }
   manifest["files"] = files;
   {
@@ -106,8 +114,8 @@ json verify_checkpoint(const std::string& step_dir) {
     if (fs::file_size(p) != entry.value("bytes", uint64_t{0}))
       throw UserError(fmt::format("checkpoint file {} has {} bytes, the manifest says {}", p.string(),
                                   fs::file_size(p), entry.value("bytes", uint64_t{0})));
-    if (file_crc32(p) != entry.value("crc32", uint32_t{0}))
-      throw UserError(fmt::format("checkpoint file {} fails its CRC-32 check: it is corrupt", p.string()));
+    if (file_sha256(p) != entry.value("sha256", std::string()))
+      throw UserError(fmt::format("checkpoint file {} does not match its SHA-256 in the manifest: it is corrupt", p.string()));
   }
   return manifest;
 }

@@ -2,7 +2,7 @@
 //   model.safetensors      fp32 weights, one tensor per parameter, PyTorch names
 //   optimizer.safetensors  the optimizer's flat state buffers
 //   manifest.json          step, format, what else the trainer records, and
-//                          each file's size and CRC-32
+//                          each file's size and SHA-256
 // The directory is written under a temporary name, every file and the
 // directory are fsynced, then it is renamed: a crash never leaves a half
 // checkpoint that looks whole.
@@ -29,7 +29,7 @@ std::string save_checkpoint(const std::string& dir, const CheckpointData& data);
 // Removes all but the newest `keep` step directories under `dir` (keep <= 0: all stay).
 void keep_newest_checkpoints(const std::string& dir, int keep);
 
-// Reads and checks a manifest (every file present, sizes and CRC-32s match);
+// Reads and checks a manifest (every file present, sizes and SHA-256s match);
 // throws UserError naming the first problem. Returns the manifest.
 nlohmann::json verify_checkpoint(const std::string& step_dir);
 

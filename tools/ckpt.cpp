@@ -37,8 +37,8 @@ void inspect(const std::string& dir) {
   fmt::print("{}: {} at step {}, world size {}, seed {}\n", path, manifest.value("format", "?"),
              manifest.value("step", int64_t{0}), manifest.value("world_size", 1), manifest.value("seed", int64_t{0}));
   for (auto& [name, entry] : manifest["files"].items())
-    fmt::print("  {:<24} {:>12} bytes  crc32 {:08x}\n", name, entry.value("bytes", uint64_t{0}),
-               entry.value("crc32", uint32_t{0}));
+    fmt::print("  {:<24} {:>12} bytes  sha256 {}\n", name, entry.value("bytes", uint64_t{0}),
+               entry.value("sha256", std::string()));
   for (const char* file : {"model.safetensors", "optimizer.safetensors"}) {
     SafetensorsFile f = read_safetensors(path + "/" + file);
     int64_t total = 0;

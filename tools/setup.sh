@@ -7,7 +7,7 @@ set -euo pipefail
 packages=(
   build-essential cmake ninja-build ccache pkg-config zlib1g-dev
   catch2 libfmt-dev libopenblas-dev libcli11-dev libtomlplusplus-dev
-  nlohmann-json3-dev libgloo-dev dataset-fashion-mnist
+  nlohmann-json3-dev libgloo-dev libssl-dev dataset-fashion-mnist
 )
 
 missing=()
