@@ -114,6 +114,10 @@ json verify_checkpoint(const std::string& step_dir) {
     if (fs::file_size(p) != entry.value("bytes", uint64_t{0}))
       throw UserError(fmt::format("checkpoint file {} has {} bytes, the manifest says {}", p.string(),
                                   fs::file_size(p), entry.value("bytes", uint64_t{0})));
+    if (!entry.contains("sha256"))
+      throw UserError(fmt::format("{} records no SHA-256 for {}: it was written by an older tandem and cannot be "
+                                  "verified",
+                                  manifest_path.string(), name));
     if (file_sha256(p) != entry.value("sha256", std::string()))
       throw UserError(fmt::format("checkpoint file {} does not match its SHA-256 in the manifest: it is corrupt", p.string()));
   }
