@@ -90,20 +90,48 @@ GroupTracker::GroupTracker(std::shared_ptr<Store> store, int rank, int size, std
   TANDEM_CHECK(static_cast<int>(world_ranks_.size()) == size_, "world_ranks must name every rank of the group");
 }
 
-void GroupTracker::record_issue(int64_t seq) const {
+void GroupTracker::record_issue(const OpDesc& op) const {
   try {
-    store_->set("seq/" + std::to_string(rank_), to_bytes(std::to_string(seq)));
+    store_->set("seq/" + std::to_string(rank_), to_bytes(fmt::format("{} {} {}", op.seq, op_name(op.kind), op.bytes())));
   } catch (const std::exception&) {
     // Deliberately ignored: see the header.
   }
 }
 
+namespace {
+
+// One "seq/<rank>" record: "12 all_reduce 4000" (older writers: just "12").
+struct SeqRecord {
+  int64_t seq = 0;  // 0: the rank issued nothing yet
+  std::string op;   // empty when the record does not say
+  size_t bytes = 0;
+};
+
+SeqRecord read_record(Store& store, int rank) {
+  std::string key = "seq/" + std::to_string(rank);
+  SeqRecord r;
+  if (!store.check({key})) return r;
+  std::string value = to_string(store.get(key, kRecordReadTimeout));
+  char op[32] = {};
+  unsigned long long bytes = 0;
+  long long seq = 0;
+  int fields = std::sscanf(value.c_str(), "%lld %31s %llu", &seq, op, &bytes);
+  TANDEM_CHECK(fields >= 1, "malformed seq record '" + value + "'");
+  r.seq = seq;
+  if (fields == 3) {
+    r.op = op;
+    r.bytes = static_cast<size_t>(bytes);
+  }
+  return r;
+}
+
+}  // namespace
+
 std::vector<std::pair<int, int64_t>> GroupTracker::behind(int64_t seq) const {
   std::vector<std::pair<int, int64_t>> out;
   for (int r = 0; r < size_; r++) {
     if (r == rank_) continue;
-    std::string key = "seq/" + std::to_string(r);
-    int64_t last = store_->check({key}) ? std::stoll(to_string(store_->get(key, kRecordReadTimeout))) : 0;
+    int64_t last = read_record(*store_, r).seq;
     if (last < seq) out.emplace_back(r, last);
   }
   return out;
@@ -115,6 +143,31 @@ std::string GroupTracker::rank_name(int group_rank) const {
                              : fmt::format("rank {} (world rank {})", group_rank, world);
 }
 
+std::string GroupTracker::progress(const OpDesc& op) const {
+  try {
+    std::vector<std::string> behind_names, mismatched;
+    for (int r = 0; r < size_; r++) {
+      if (r == rank_) continue;
+      SeqRecord rec = read_record(*store_, r);
+      if (rec.seq < op.seq) {
+        behind_names.push_back(fmt::format("{} (last issued #{})", rank_name(r), rec.seq));
+      } else if (rec.seq == op.seq && !rec.op.empty() && (rec.op != op_name(op.kind) || rec.bytes != op.bytes())) {
+        mismatched.push_back(fmt::format("{} issued #{} as {} ({} bytes)", rank_name(r), rec.seq, rec.op, rec.bytes));
+      }
+    }
+    if (behind_names.empty() && mismatched.empty())
+      return "every rank has issued it: a rank is stuck in an earlier operation, or the timeout is too short for "
+             "the transfer";
+    std::string out;
+    if (!behind_names.empty()) out = "ranks that have not issued it: " + join_ranks(behind_names);
+    if (!mismatched.empty())
+      out += (out.empty() ? "" : "; ") + std::string("ranks that issued a different collective: ") + join_ranks(mismatched);
+    return out;
+  } catch (const std::exception& e) {
+    return fmt::format("the ranks' progress could not be read from the store ({})", e.what());
+  }
+}
+
 std::string GroupTracker::timeout_message(const OpDesc& op, Millis waited) const {
   const char* name = op_name(op.kind);
   if (is_p2p(op.kind)) {
@@ -124,19 +177,48 @@ std::string GroupTracker::timeout_message(const OpDesc& op, Millis waited) const
                        op.bytes(), size_, waited.count(), rank_name(rank_), rank_name(op.peer),
                        op.kind == OpKind::send ? "recv" : "send");
   }
-  std::string head = fmt::format("{} {} #{} ({} bytes, group of {}) did not complete within {} ms on {}", backend_,
-                                 name, op.seq, op.bytes(), size_, waited.count(), rank_name(rank_));
-  std::string tail;
-  try {
-    std::vector<std::string> names;
-    for (auto [r, last] : behind(op.seq)) names.push_back(fmt::format("{} (last issued #{})", rank_name(r), last));
-    tail = names.empty() ? "every rank has issued it: a rank is stuck in an earlier operation, or the timeout is "
-                           "too short for the transfer"
-                         : "ranks that have not issued it: " + join_ranks(names);
-  } catch (const std::exception& e) {
-    tail = fmt::format("the ranks' progress could not be read from the store ({})", e.what());
+  return fmt::format("{} {} #{} ({} bytes, group of {}) did not complete within {} ms on {}; {}", backend_, name,
+                     op.seq, op.bytes(), size_, waited.count(), rank_name(rank_), progress(op));
+}
+
+std::string GroupTracker::stuck_message(const OpDesc& op, Millis age, const std::vector<int>& silent,
+                                        Millis silent_for) const {
+  const char* name = op_name(op.kind);
+  double seconds = static_cast<double>(age.count()) / 1000.0;
+  std::string out;
+  if (is_p2p(op.kind)) {
+    out = fmt::format("watchdog: {} {} #{} {} {} ({} bytes, group of {}) stuck for {:.1f} s on {}; {} has not "
+                      "issued the matching {} or is stuck before it",
+                      backend_, name, op.seq, op.kind == OpKind::send ? "to" : "from", rank_name(op.peer), op.bytes(),
+                      size_, seconds, rank_name(rank_), rank_name(op.peer), op.kind == OpKind::send ? "recv" : "send");
+  } else {
+    out = fmt::format("watchdog: {} {} #{} ({} bytes, group of {}) stuck for {:.1f} s on {}; {}", backend_, name,
+                      op.seq, op.bytes(), size_, seconds, rank_name(rank_), progress(op));
   }
-  return head + "; " + tail;
+  if (!silent.empty()) {
+    std::vector<std::string> names;
+    for (int r : silent) names.push_back(rank_name(r));
+    out += fmt::format("; no sign of life for {:.1f} s from {} (stopped, or its process hangs)",
+                       static_cast<double>(silent_for.count()) / 1000.0, join_ranks(names));
+  }
+  return out;
+}
+
+void GroupTracker::heartbeat() const {
+  try {
+    store_->add("alive/" + std::to_string(rank_), 1);
+  } catch (const std::exception&) {
+    // Best effort, as record_issue.
+  }
+}
+
+std::vector<int64_t> GroupTracker::heartbeats() const {
+  std::vector<int64_t> out(size_, -1);
+  for (int r = 0; r < size_; r++) {
+    std::string key = "alive/" + std::to_string(r);
+    if (store_->check({key})) out[r] = std::stoll(to_string(store_->get(key, kRecordReadTimeout)));
+  }
+  return out;
 }
 
 void await_all_ranks(Store& store, int rank, int size, const std::string& what, Millis timeout) {

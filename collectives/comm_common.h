@@ -13,6 +13,13 @@
 // the message says so: someone is stuck inside an earlier operation, or the
 // timeout is too short for the transfer. Point-to-point operations are
 // numbered per (sender, receiver) pair instead, and a timeout names the peer.
+// The record also carries the op and its size ("12 all_reduce 4000"), so a
+// rank that issued #12 as another collective is named as a mismatch
+// ("rank 1 issued #12 as broadcast (8 bytes)") rather than as caught up.
+// A running Watchdog (watchdog.h) also bumps "alive/<rank>" every check; a
+// rank whose counter stops moving while an operation is overdue is named as
+// showing no sign of life (stopped, or its process hung), the one case the
+// seq records cannot tell apart from a slow transfer.
 #pragma once
 
 #include <cstdint>
@@ -60,13 +67,23 @@ class GroupTracker {
   // from (the identity for a world group), so messages name both.
   GroupTracker(std::shared_ptr<Store> store, int rank, int size, std::string backend, std::vector<int> world_ranks);
 
-  // Records that this rank issued collective `seq`. Best effort: the record
-  // only feeds error messages, so a failing store does not fail the call.
-  void record_issue(int64_t seq) const;
+  // Records that this rank issued collective `op` (its seq, op and size).
+  // Best effort: the record only feeds error messages, so a failing store
+  // does not fail the call.
+  void record_issue(const OpDesc& op) const;
   // (rank, last issued seq) of every other rank whose last issued collective is below `seq`.
   std::vector<std::pair<int, int64_t>> behind(int64_t seq) const;
   // The CollectiveTimeout message for `op` after `waited`.
   std::string timeout_message(const OpDesc& op, Millis waited) const;
+  // The watchdog's message for `op`, in flight for `age`; `silent` are the
+  // group ranks whose heartbeat did not move for `silent_for`.
+  std::string stuck_message(const OpDesc& op, Millis age, const std::vector<int>& silent, Millis silent_for) const;
+
+  // Liveness (Note [Naming the missing ranks]), for the watchdog; best effort.
+  void heartbeat() const;
+  // Every rank's heartbeat count; -1 where it has none (no watchdog runs there).
+  std::vector<int64_t> heartbeats() const;
+  int rank() const { return rank_; }
   // "rank 3" or "rank 1 (world rank 3)".
   std::string rank_name(int group_rank) const;
 
@@ -74,6 +91,9 @@ class GroupTracker {
   const std::vector<int>& world_ranks() const { return world_ranks_; }
 
  private:
+  // Who is behind `op`, or issued its seq as another collective: the tail of both messages.
+  std::string progress(const OpDesc& op) const;
+
   std::shared_ptr<Store> store_;
   int rank_, size_;
   std::string backend_;

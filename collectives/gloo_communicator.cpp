@@ -33,6 +33,7 @@
 #include <gloo/transport/tcp/device.h>
 
 #include <algorithm>
+#include <atomic>
 #include <condition_variable>
 #include <deque>
 #include <mutex>
@@ -43,6 +44,7 @@
 #include "collectives/communicator.h"
 #include "collectives/gloo_ops.h"
 #include "collectives/gloo_store.h"
+#include "collectives/watchdog.h"
 
 namespace tandem::collectives {
 
@@ -60,8 +62,10 @@ struct WorkState {
   bool done = false;
   std::exception_ptr error;
   Clock::time_point started, ended;  // on the comm thread, for traces
+  std::atomic<Watchdog::Id> watch{0};  // Note [Watchdog] in watchdog.h
 
   void finish(std::exception_ptr e = nullptr) {
+    Watchdog::process().end(watch.load());
     std::lock_guard<std::mutex> lock(mutex);
     done = true;
     error = std::move(e);
@@ -80,6 +84,7 @@ class GlooWork : public Work {
     std::unique_lock<std::mutex> lock(state_->mutex);
     if (!state_->cv.wait_for(lock, timeout, [&] { return state_->done; })) {
       lock.unlock();  // reading the store may take a moment; never under the lock
+      Watchdog::process().expired(state_->watch.load());
       throw CollectiveTimeout(tracker_->timeout_message(op_, timeout));
     }
     if (state_->error) std::rethrow_exception(state_->error);
@@ -219,6 +224,7 @@ class Engine {
     if (dynamic_cast<const Error*>(&e)) {
       error = std::current_exception();
     } else if (timed_out) {
+      Watchdog::process().expired(t.state->watch.load());  // reports now: Note [Watchdog]
       error = std::make_exception_ptr(
           CollectiveTimeout(tracker_->timeout_message(t.op, timeout_) + fmt::format(" (gloo: {})", e.what())));
     } else {
@@ -316,9 +322,10 @@ class GlooCommunicator final : public detail::DescriptorCommunicator {
       op.seq = ++received_[op.peer];
     } else {
       op.seq = ++collectives_;
-      tracker_->record_issue(op.seq);
+      tracker_->record_issue(op);
     }
     auto work = std::make_shared<GlooWork>(op, tracker_);
+    work->state()->watch = Watchdog::process().begin(op, tracker_, options_.timeout);
     engine_->enqueue(op, work->state());
     return work;
   }

@@ -22,6 +22,7 @@
 #include <fmt/format.h>
 
 #include "collectives/comm_common.h"
+#include "collectives/watchdog.h"
 
 #if TANDEM_HAS_CUDA
 #include <cuda_runtime.h>
@@ -122,13 +123,14 @@ std::shared_ptr<CUevent_st> new_event(Device device) {
 
 class NcclWork : public Work {
  public:
-  NcclWork(std::shared_ptr<NcclState> state, OpDesc op, std::shared_ptr<CUevent_st> event)
-      : state_(std::move(state)), op_(op), event_(std::move(event)) {}
+  NcclWork(std::shared_ptr<NcclState> state, OpDesc op, std::shared_ptr<CUevent_st> event, Watchdog::Id watch)
+      : state_(std::move(state)), op_(op), event_(std::move(event)), watch_(watch) {}
 
   void wait(Millis timeout) override {
     Clock::time_point deadline = Clock::now() + timeout;
     while (!completed()) {
       if (Clock::now() > deadline) {
+        Watchdog::process().expired(watch_);  // Note [Watchdog] in watchdog.h
         std::string message = state_->tracker->timeout_message(op_, timeout);
         state_->abort();
         throw CollectiveTimeout(message + "; the NCCL communicator was aborted");
@@ -148,6 +150,7 @@ class NcclWork : public Work {
     }
     CUDA_CHECK(status);
     done_ = true;
+    Watchdog::process().end(watch_);
     return true;
   }
 
@@ -171,6 +174,7 @@ class NcclWork : public Work {
   std::shared_ptr<NcclState> state_;
   OpDesc op_;
   std::shared_ptr<CUevent_st> event_;
+  Watchdog::Id watch_;
   bool done_ = false;
 };
 
@@ -243,7 +247,7 @@ class NcclCommunicator final : public detail::DescriptorCommunicator {
       op.seq = ++received_[op.peer];
     } else {
       op.seq = ++collectives_;
-      state_->tracker->record_issue(op.seq);
+      state_->tracker->record_issue(op);
     }
     set_current_device(state_->device);
     if (op.kind == OpKind::barrier || op.bytes() > 0) {
@@ -256,7 +260,15 @@ class NcclCommunicator final : public detail::DescriptorCommunicator {
     }
     std::shared_ptr<CUevent_st> event = new_event(state_->device);
     CUDA_CHECK(cudaEventRecord(event.get(), state_->stream.cuda()));
-    return std::make_shared<NcclWork>(state_, op, std::move(event));
+    // The watchdog polls the event itself: a Work may be dropped unwaited (Note [Watchdog]).
+    std::weak_ptr<NcclState> weak = state_;
+    Watchdog::Id watch = Watchdog::process().begin(op, state_->tracker, options_.timeout, [weak, event] {
+      std::shared_ptr<NcclState> state = weak.lock();
+      if (!state) return true;  // the communicator is gone: nothing left to watch
+      std::lock_guard<std::mutex> lock(state->mutex);
+      return !state->aborted && cudaEventQuery(event.get()) == cudaSuccess;
+    });
+    return std::make_shared<NcclWork>(state_, op, std::move(event), watch);
   }
 
   ncclResult_t launch(const OpDesc& op) {

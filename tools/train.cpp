@@ -1,9 +1,11 @@
 // tandem train: reads a config, builds the model it names, trains it.
 #include <fmt/format.h>
 
+#include <cstdio>
 #include <cstdlib>
 #include <memory>
 
+#include "collectives/watchdog.h"
 #include "models/mlp/mlp.h"
 #include "runtime/core/log.h"
 #include "runtime/trainer.h"
@@ -21,6 +23,27 @@ struct TrainArgs {
   std::string trace_out;
   std::string resume;  // empty: auto when the launcher restarted the job, else none
   int keep = 0;
+};
+
+// The exit code of a rank whose watchdog found a stuck collective
+// (docs/FAULT_TOLERANCE.md); 124, as timeout(1) uses for "ran out of time".
+constexpr int kExitStuck = 124;
+
+// Runs the process's watchdog for the life of the communicators (declare it
+// before them): a stuck collective is logged and ends the process, so the
+// launcher stops the other ranks (Note [Watchdog] in collectives/watchdog.h).
+struct WatchdogGuard {
+  WatchdogGuard() {
+    collectives::Watchdog::process().start([](const std::string& message) {
+      log_error("{}", message);
+      std::fflush(stdout);
+      std::fflush(stderr);
+      std::_Exit(kExitStuck);
+    });
+  }
+  ~WatchdogGuard() { collectives::Watchdog::process().stop(); }
+  WatchdogGuard(const WatchdogGuard&) = delete;
+  WatchdogGuard& operator=(const WatchdogGuard&) = delete;
 };
 
 // Under `tandem launch --max-restarts`, a restarted job continues from its
@@ -44,6 +67,7 @@ void run_train(const TrainArgs& args) {
   models::MlpOptions options = models::parse_mlp_options(config.model_options, train.features(), 10, args.config);
   models::Mlp mlp(options);
   auto timeout = collectives::Millis(static_cast<int64_t>(config.comm_timeout * 1000));
+  WatchdogGuard watchdog;
   parallel::ProcessGroup pg = parallel::init_process_group(config.backend, resolve_device(config.device), timeout);
   TrainSummary s = train_classifier(config, mlp.net, mlp.params, train, test,
                                     {.metrics_out = args.metrics_out,

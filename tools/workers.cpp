@@ -265,6 +265,9 @@ void WorkerGroup::signal_all(int sig) {
 
 void WorkerGroup::stop(int sig, Millis grace, const std::function<bool()>& escalate) {
   signal_all(sig);
+  // A stopped worker (SIGSTOP, a debugger) would hold the signal until the
+  // grace period ran out: continue it so it can act on it now.
+  signal_all(SIGCONT);
   auto deadline = std::chrono::steady_clock::now() + grace;
   while (true) {
     reap();

@@ -71,6 +71,9 @@ ProcessGroup init_process_group(const std::string& backend, Device device, colle
   pg.store = collectives::make_prefix_store(fmt::format("attempt/{}", pg.env.restart_count), tcp);
   collectives::CommOptions options;
   options.timeout = timeout;
+  // The address this rank's Gloo pairs listen on: loopback unless the ranks
+  // are on different hosts, where TANDEM_HOST names this host's address.
+  if (const char* host = env("TANDEM_HOST")) options.host = host;
   pg.comm = chosen == "nccl" ? collectives::make_nccl_communicator(pg.store, pg.env.rank, pg.env.world_size, device, options)
                              : collectives::make_gloo_communicator(pg.store, pg.env.rank, pg.env.world_size, options);
   log_info("rank {} of {} joined through {}:{} ({})", pg.env.rank, pg.env.world_size, pg.env.master_addr,

@@ -4,6 +4,8 @@
 // MASTER_ADDR, MASTER_PORT, TANDEM_JOB_TOKEN), or what mpirun sets
 // (OMPI_COMM_WORLD_RANK, _SIZE, _LOCAL_RANK) together with MASTER_ADDR and
 // MASTER_PORT. With none of them, the process is a world of one.
+// TANDEM_HOST is the address this host's Gloo connections listen on (default
+// 127.0.0.1: set it on every host of a multi-host job).
 #pragma once
 
 #include <memory>
