@@ -245,6 +245,9 @@ class Launcher {
         if (failed()) return;
         std::this_thread::sleep_for(kStorePoll);
       }
+      // A failed node publishes its failure before it counts itself done, so
+      // once every node is done one more look cannot miss it.
+      check_published_failure();
     } catch (const std::exception& e) {
       lose_store(e);
     }

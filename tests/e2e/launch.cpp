@@ -65,27 +65,6 @@ size_t count_lines(const std::string& text, const std::string& line) {
 
 bool contains(const std::string& text, const std::string& needle) { return text.find(needle) != std::string::npos; }
 
-// The pids workers announced with a "pid N" line.
-std::vector<pid_t> announced_pids(const std::string& output) {
-  std::vector<pid_t> pids;
-  std::regex re(R"(\] pid (\d+))");
-  for (std::sregex_iterator it(output.begin(), output.end(), re), end; it != end; ++it)
-    pids.push_back(std::stoi((*it)[1]));
-  return pids;
-}
-
-// True once `pid` no longer exists (waits up to 3 s); kills it otherwise,
-// so a failing test leaves nothing behind.
-bool gone(pid_t pid) {
-  auto deadline = Clock::now() + std::chrono::seconds(3);
-  while (Clock::now() < deadline) {
-    if (kill(pid, 0) != 0 && errno == ESRCH) return true;
-    std::this_thread::sleep_for(std::chrono::milliseconds(20));
-  }
-  kill(pid, SIGKILL);
-  return false;
-}
-
 std::string read_file(const fs::path& path) {
   std::ifstream in(path);
   std::stringstream ss;

@@ -52,26 +52,6 @@ bool has_line(const std::string& text, const std::string& line) {
   return false;
 }
 
-// The pids workers announced with a "pid N" line.
-std::vector<pid_t> announced_pids(const std::string& output) {
-  std::vector<pid_t> pids;
-  std::regex re(R"(\] .*pid (\d+))");
-  for (std::sregex_iterator it(output.begin(), output.end(), re), end; it != end; ++it)
-    pids.push_back(std::stoi((*it)[1]));
-  return pids;
-}
-
-// True once `pid` no longer exists (waits up to 3 s); kills it otherwise.
-bool gone(pid_t pid) {
-  auto deadline = Clock::now() + std::chrono::seconds(3);
-  while (Clock::now() < deadline) {
-    if (kill(pid, 0) != 0 && errno == ESRCH) return true;
-    std::this_thread::sleep_for(std::chrono::milliseconds(20));
-  }
-  kill(pid, SIGKILL);
-  return false;
-}
-
 void require_all_gone(const std::string& output, size_t expected) {
   std::vector<pid_t> pids = announced_pids(output);
   REQUIRE(pids.size() == expected);

@@ -13,6 +13,7 @@
 #include "models/mlp/mlp.h"
 #include "runtime/parallel/ddp.h"
 #include "runtime/parallel/simulated_communicator.h"
+#include "support/identical_ranks.h"
 #include "support/testing.h"
 
 using namespace tandem;
@@ -26,38 +27,6 @@ namespace {
 constexpr Millis kWait{20000};  // only a broken build waits this long
 const std::vector<int64_t> kCounts = {0, 1, 7, 1031, 100003};
 
-double ms_since(Clock::time_point t) { return std::chrono::duration<double, std::milli>(Clock::now() - t).count(); }
-
-std::vector<float> values_for(int64_t n, uint64_t seed, DType dtype) {
-  if (dtype != DType::i32) return draw(n, seed, dtype);
-  std::vector<float> v = random_vector(n, seed, -1000.f, 1000.f);
-  for (float& x : v) x = std::trunc(x);
-  return v;
-}
-
-Tensor make(const std::vector<float>& v, DType dtype, Device device) {
-  int64_t n = static_cast<int64_t>(v.size());
-  if (dtype == DType::i32) return make_int_tensor(std::vector<int32_t>(v.begin(), v.end()), {n}, device);
-  return make_tensor(v, {n}, dtype, device);
-}
-
-std::vector<float> read(const Tensor& t) {
-  if (t.dtype() != DType::i32) return t.to_vector();
-  Tensor host = t.device().is_cpu() ? t : t.to(Device::cpu());
-  const int32_t* p = host.data_as<int32_t>();
-  return std::vector<float>(p, p + host.numel());
-}
-
-std::vector<float> times(std::vector<float> v, int n, DType dtype) {
-  for (float& x : v) x = dtype == DType::bf16 ? round_to_bf16(x * static_cast<float>(n)) : x * static_cast<float>(n);
-  return v;
-}
-
-std::vector<float> repeated(const std::vector<float>& v, int n) {
-  std::vector<float> out;
-  for (int r = 0; r < n; r++) out.insert(out.end(), v.begin(), v.end());
-  return out;
-}
 
 // Loads the kernels (lazy module loading makes a first launch slow) so
 // that timed issues measure only the issue.
@@ -79,19 +48,19 @@ TEST_CASE("cuda scale and copy_bytes match the cpu twins", "[gpu][sim_delay]") {
         uint64_t seed = fresh_seed();
         INFO(dtype_name(dtype) << " n=" << n << " factor=" << factor << " seed=" << seed);
         std::vector<float> v = values_for(n, seed, dtype);
-        Tensor host = make(v, dtype, Device::cpu());
+        Tensor host = make_values(v, dtype, Device::cpu());
         kernels::scale(host.data(), n, dtype, factor, Stream());
-        Tensor dev = make(v, dtype, gpu);
+        Tensor dev = make_values(v, dtype, gpu);
         kernels::scale(dev.data(), n, dtype, factor, stream);
         stream.synchronize();
-        std::vector<float> got = read(dev);
+        std::vector<float> got = read_values(dev);
         REQUIRE(all_finite(got));
-        REQUIRE(got == read(host));  // one fp32 multiply and one rounding on both
+        REQUIRE(got == read_values(host));  // one fp32 multiply and one rounding on both
       }
     }
   }
   std::vector<float> v = random_vector(1000, fresh_seed());
-  Tensor a = make(v, DType::f32, gpu), b = Tensor::zeros({1000}, DType::f32, gpu);
+  Tensor a = make_values(v, DType::f32, gpu), b = Tensor::zeros({1000}, DType::f32, gpu);
   kernels::copy_bytes(b.data(), a.data(), a.nbytes(), stream);
   stream.synchronize();
   REQUIRE(b.to_vector() == v);
@@ -124,7 +93,7 @@ TEST_CASE("simulated cuda ops run on the comm stream: issue returns at once, wai
 
   const int64_t n = 1'250'000;  // 5 MB of f32
   std::vector<float> v = random_vector(n, fresh_seed());
-  Tensor t = make(v, DType::f32, gpu);
+  Tensor t = make_values(v, DType::f32, gpu);
   double model_ms = simulated_duration_ns(net, SimulatedOp::all_reduce, t.nbytes(), 2) / 1e6;
   REQUIRE(model_ms == Approx(50.0));
   Clock::time_point start = Clock::now();
@@ -139,11 +108,11 @@ TEST_CASE("simulated cuda ops run on the comm stream: issue returns at once, wai
   INFO("took " << took << " ms for a " << model_ms << " ms op");
   REQUIRE(took >= 0.9 * model_ms);
   REQUIRE(took <= 3 * model_ms);
-  REQUIRE(read(t) == times(v, 2, DType::f32));
+  REQUIRE(read_values(t) == times(v, 2, DType::f32));
 
   // wait_stream: the consumer waits on the device, the host does not.
   Stream consumer = Stream::create(gpu);
-  Tensor u = make(v, DType::f32, gpu);
+  Tensor u = make_values(v, DType::f32, gpu);
   std::shared_ptr<Work> second = comm->all_reduce(Buffer::of(u), ReduceOp::sum);
   start = Clock::now();
   second->wait_stream(consumer, kWait);
@@ -192,27 +161,27 @@ TEST_CASE("simulated cuda ops leave what a world of identical ranks would", "[gp
         for (ReduceOp op : {ReduceOp::sum, ReduceOp::avg, ReduceOp::max}) {
           INFO("op " << static_cast<int>(op));  // sum, avg, max
           std::vector<float> want = op == ReduceOp::sum ? times(v, world, dtype) : v;
-          Tensor t = make(v, dtype, gpu);
+          Tensor t = make_values(v, dtype, gpu);
           comm->all_reduce(Buffer::of(t), op)->wait(kWait);
-          REQUIRE(read(t) == want);
-          Tensor in = make(repeated(v, world), dtype, gpu), out = make(std::vector<float>(n, 0.f), dtype, gpu);
+          REQUIRE(read_values(t) == want);
+          Tensor in = make_values(repeated(v, world), dtype, gpu), out = make_values(std::vector<float>(n, 0.f), dtype, gpu);
           comm->reduce_scatter(Buffer::of(out), Buffer::of(in), op)->wait(kWait);
-          REQUIRE(read(out) == want);
+          REQUIRE(read_values(out) == want);
           comm->reduce_scatter(Buffer::of(in.view(0, {n})), Buffer::of(in), op)->wait(kWait);  // in place
-          REQUIRE(read(in.view(0, {n})) == want);
+          REQUIRE(read_values(in.view(0, {n})) == want);
         }
-        Tensor b = make(v, dtype, gpu);
+        Tensor b = make_values(v, dtype, gpu);
         comm->broadcast(Buffer::of(b), world - 1)->wait(kWait);
-        REQUIRE(read(b) == v);
+        REQUIRE(read_values(b) == v);
 
-        Tensor part = make(v, dtype, gpu), whole = make(std::vector<float>(n * world, -7.f), dtype, gpu);
+        Tensor part = make_values(v, dtype, gpu), whole = make_values(std::vector<float>(n * world, -7.f), dtype, gpu);
         comm->all_gather(Buffer::of(whole), Buffer::of(part))->wait(kWait);
-        REQUIRE(read(whole) == repeated(v, world));
+        REQUIRE(read_values(whole) == repeated(v, world));
         std::vector<float> first = std::vector<float>(n * world, -7.f);
         std::copy(v.begin(), v.end(), first.begin());
-        Tensor inplace = make(first, dtype, gpu);
+        Tensor inplace = make_values(first, dtype, gpu);
         comm->all_gather(Buffer::of(inplace), Buffer::of(inplace.view(0, {n})))->wait(kWait);
-        REQUIRE(read(inplace) == repeated(v, world));
+        REQUIRE(read_values(inplace) == repeated(v, world));
       }
     }
     comm->barrier()->wait(kWait);
@@ -226,7 +195,7 @@ TEST_CASE("follow_stream orders simulated ops after the producer's work", "[gpu]
   follow_stream(*comm, compute);  // Note [Simulated comm stream]
   const int64_t n = 100003;
   std::vector<float> v = random_vector(n, fresh_seed());
-  Tensor src = make(v, DType::f32, gpu), t = Tensor::zeros({n}, DType::f32, gpu);
+  Tensor src = make_values(v, DType::f32, gpu), t = Tensor::zeros({n}, DType::f32, gpu);
   kernels::sim_delay(20'000'000, compute);  // a slow producer...
   t.copy_from(src, compute);                // ...writes the buffer 20 ms from now
   comm->all_reduce(Buffer::of(t), ReduceOp::sum)->wait(kWait);

@@ -13,6 +13,7 @@
 #include "runtime/parallel/ddp.h"
 #include "runtime/safetensors.h"
 #include "runtime/trainer.h"
+#include "runtime/thread_ranks.h"
 #include "support/testing.h"
 
 using namespace tandem;
@@ -25,17 +26,6 @@ collectives::CommOptions comm_options(int seconds) {
   collectives::CommOptions o;
   o.timeout = std::chrono::seconds(seconds);
   return o;
-}
-
-// A small synthetic classification set: 8x8 "images", 10 classes.
-ImageDataset synthetic(int64_t count, uint64_t seed) {
-  ImageDataset ds;
-  ds.count = count;
-  ds.rows = ds.cols = 8;
-  ds.images = random_vector(count * 64, seed);
-  ds.labels.resize(count);
-  for (int64_t i = 0; i < count; i++) ds.labels[i] = static_cast<int32_t>(philox4x32(i, seed).v[0] % 10);
-  return ds;
 }
 
 TrainConfig small_config(int64_t batch, int64_t accum, int64_t steps) {
@@ -66,32 +56,13 @@ struct RunResult {
 RunResult run_ranks(int world, const TrainConfig& config, const ImageDataset& data, std::vector<int64_t> hidden = {24, 16},
                     const std::string& trace_out = "") {
   fs::path dir = fs::temp_directory_path() / fmt::format("tandem_ddp_{}", fresh_seed());
-  auto store = collectives::make_memory_store();
-  std::vector<std::thread> threads;
-  std::vector<std::exception_ptr> errors(world);
-  for (int r = 0; r < world; r++) {
-    threads.emplace_back([&, r] {
-      try {
-        parallel::ProcessGroup pg;
-        pg.env.rank = r;
-        pg.env.world_size = world;
-        if (world > 1) {
-          pg.store = store;
-          pg.comm = collectives::make_gloo_communicator(store, r, world, comm_options(30));
-        }
-        models::Mlp mlp({.in_features = 64, .hidden = hidden, .classes = 10, .activation = "relu", .dropout = 0.1f});
-        train_classifier(config, mlp.net, mlp.params, data, data,
-                         {.metrics_out = (dir / "metrics.jsonl").string(), .ckpt_dir = (dir / "ckpt").string(),
-                          .progress = false, .trace_out = trace_out},
-                         pg);
-      } catch (...) {
-        errors[r] = std::current_exception();
-      }
-    });
-  }
-  for (auto& t : threads) t.join();
-  for (auto& e : errors)
-    if (e) std::rethrow_exception(e);
+  for_each_rank(world, [&](const parallel::ProcessGroup& pg) {
+    models::Mlp mlp({.in_features = 64, .hidden = hidden, .classes = 10, .activation = "relu", .dropout = 0.1f});
+    train_classifier(config, mlp.net, mlp.params, data, data,
+                     {.metrics_out = (dir / "metrics.jsonl").string(), .ckpt_dir = (dir / "ckpt").string(),
+                      .progress = false, .trace_out = trace_out},
+                     pg);
+  });
 
   RunResult result;
   std::ifstream in(dir / "metrics.jsonl");

@@ -12,6 +12,7 @@
 #include "runtime/resume.h"
 #include "runtime/safetensors.h"
 #include "runtime/trainer.h"
+#include "runtime/thread_ranks.h"
 #include "support/testing.h"
 
 using namespace tandem;
@@ -19,16 +20,6 @@ using namespace tandem::testing;
 namespace fs = std::filesystem;
 
 namespace {
-
-ImageDataset synthetic(int64_t count, uint64_t seed) {
-  ImageDataset ds;
-  ds.count = count;
-  ds.rows = ds.cols = 8;
-  ds.images = random_vector(count * 64, seed);
-  ds.labels.resize(count);
-  for (int64_t i = 0; i < count; i++) ds.labels[i] = static_cast<int32_t>(philox4x32(i, seed).v[0] % 10);
-  return ds;
-}
 
 TrainConfig config(int64_t batch, const std::string& optimizer) {
   TrainConfig c;
@@ -50,35 +41,14 @@ TrainConfig config(int64_t batch, const std::string& optimizer) {
 
 // Trains on `world` thread-ranks into `dir`; resume as TrainOutputs::resume says.
 void train(int world, const TrainConfig& c, const ImageDataset& data, const fs::path& dir, const std::string& resume) {
-  auto store = collectives::make_memory_store();
-  std::vector<std::thread> threads;
-  std::vector<std::exception_ptr> errors(world);
-  for (int r = 0; r < world; r++) {
-    threads.emplace_back([&, r] {
-      try {
-        parallel::ProcessGroup pg;
-        pg.env.rank = r;
-        pg.env.world_size = world;
-        if (world > 1) {
-          collectives::CommOptions o;
-          o.timeout = std::chrono::seconds(30);
-          pg.store = store;
-          pg.comm = collectives::make_gloo_communicator(store, r, world, o);
-        }
-        models::Mlp mlp({.in_features = 64, .hidden = {32, 16}, .classes = 10, .activation = "gelu", .dropout = 0.2f});
-        TrainOutputs outputs;
-        outputs.ckpt_dir = dir.string();
-        outputs.progress = false;
-        outputs.resume = resume;
-        train_classifier(c, mlp.net, mlp.params, data, data, outputs, pg);
-      } catch (...) {
-        errors[r] = std::current_exception();
-      }
-    });
-  }
-  for (auto& t : threads) t.join();
-  for (auto& e : errors)
-    if (e) std::rethrow_exception(e);
+  for_each_rank(world, [&](const parallel::ProcessGroup& pg) {
+    models::Mlp mlp({.in_features = 64, .hidden = {32, 16}, .classes = 10, .activation = "gelu", .dropout = 0.2f});
+    TrainOutputs outputs;
+    outputs.ckpt_dir = dir.string();
+    outputs.progress = false;
+    outputs.resume = resume;
+    train_classifier(c, mlp.net, mlp.params, data, data, outputs, pg);
+  });
 }
 
 std::string file_bytes(const fs::path& p) {

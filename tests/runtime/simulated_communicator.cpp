@@ -15,6 +15,7 @@
 #include "models/mlp/mlp.h"
 #include "runtime/parallel/ddp.h"
 #include "runtime/parallel/simulated_communicator.h"
+#include "support/identical_ranks.h"
 #include "support/testing.h"
 
 using namespace tandem;
@@ -29,41 +30,6 @@ constexpr Millis kWait{10000};  // only a broken build waits this long
 constexpr double kSlackMs = 10;  // scheduler noise on top of the relative bounds
 const std::vector<int64_t> kCounts = {0, 1, 7, 1031};
 const std::vector<int> kWorlds = {1, 2, 3, 8};
-
-double ms_since(Clock::time_point t) { return std::chrono::duration<double, std::milli>(Clock::now() - t).count(); }
-
-// Values of `dtype` (integers for i32) that every side sees alike.
-std::vector<float> values_for(int64_t n, uint64_t seed, DType dtype) {
-  if (dtype != DType::i32) return draw(n, seed, dtype);
-  std::vector<float> v = random_vector(n, seed, -1000.f, 1000.f);
-  for (float& x : v) x = std::trunc(x);
-  return v;
-}
-
-Tensor make(const std::vector<float>& v, DType dtype, Device device) {
-  int64_t n = static_cast<int64_t>(v.size());
-  if (dtype == DType::i32) return make_int_tensor(std::vector<int32_t>(v.begin(), v.end()), {n}, device);
-  return make_tensor(v, {n}, dtype, device);
-}
-
-std::vector<float> read(const Tensor& t) {
-  if (t.dtype() != DType::i32) return t.to_vector();
-  Tensor host = t.device().is_cpu() ? t : t.to(Device::cpu());
-  const int32_t* p = host.data_as<int32_t>();
-  return std::vector<float>(p, p + host.numel());
-}
-
-// What a sum over `n` identical ranks leaves: x * n, rounded to the dtype once.
-std::vector<float> times(std::vector<float> v, int n, DType dtype) {
-  for (float& x : v) x = dtype == DType::bf16 ? round_to_bf16(x * static_cast<float>(n)) : x * static_cast<float>(n);
-  return v;
-}
-
-std::vector<float> repeated(const std::vector<float>& v, int n) {
-  std::vector<float> out;
-  for (int r = 0; r < n; r++) out.insert(out.end(), v.begin(), v.end());
-  return out;
-}
 
 // Checks how long `op` takes against the model (issue to completion) and
 // that issuing it returned at once.
@@ -89,11 +55,11 @@ TEST_CASE("sim_delay cpu twins: scale, copy, sleep", "[simulated][sim_delay]") {
       uint64_t seed = fresh_seed();
       INFO(dtype_name(dtype) << " n=" << n << " seed=" << seed);
       std::vector<float> v = values_for(n, seed, dtype);
-      Tensor t = make(v, dtype, Device::cpu());
+      Tensor t = make_values(v, dtype, Device::cpu());
       kernels::scale(t.data(), n, dtype, 5, Stream());
-      REQUIRE(read(t) == times(v, 5, dtype));
+      REQUIRE(read_values(t) == times(v, 5, dtype));
       kernels::scale(t.data(), n, dtype, 1, Stream());  // a no-op
-      REQUIRE(read(t) == times(v, 5, dtype));
+      REQUIRE(read_values(t) == times(v, 5, dtype));
     }
   }
   REQUIRE_THROWS(kernels::scale(nullptr, 0, DType::f16, 2, Stream()));
@@ -200,37 +166,37 @@ TEST_CASE("simulated ops leave what a world of identical ranks would", "[simulat
         std::vector<float> v = values_for(n, seed, dtype);
         for (ReduceOp op : {ReduceOp::sum, ReduceOp::avg, ReduceOp::max}) {
           INFO("op " << static_cast<int>(op));  // sum, avg, max
-          Tensor t = make(v, dtype, Device::cpu());
+          Tensor t = make_values(v, dtype, Device::cpu());
           comm->all_reduce(Buffer::of(t), op)->wait(kWait);
-          REQUIRE(read(t) == (op == ReduceOp::sum ? times(v, world, dtype) : v));
+          REQUIRE(read_values(t) == (op == ReduceOp::sum ? times(v, world, dtype) : v));
 
           // reduce_scatter: rank 0 gets the reduction of block 0; in place too.
           std::vector<float> blocks = repeated(v, world);
-          Tensor in = make(blocks, dtype, Device::cpu()), out = make(std::vector<float>(n, 0.f), dtype, Device::cpu());
+          Tensor in = make_values(blocks, dtype, Device::cpu()), out = make_values(std::vector<float>(n, 0.f), dtype, Device::cpu());
           comm->reduce_scatter(Buffer::of(out), Buffer::of(in), op)->wait(kWait);
-          REQUIRE(read(out) == (op == ReduceOp::sum ? times(v, world, dtype) : v));
+          REQUIRE(read_values(out) == (op == ReduceOp::sum ? times(v, world, dtype) : v));
           comm->reduce_scatter(Buffer::of(in.view(0, {n})), Buffer::of(in), op)->wait(kWait);
-          REQUIRE(read(in.view(0, {n})) == (op == ReduceOp::sum ? times(v, world, dtype) : v));
+          REQUIRE(read_values(in.view(0, {n})) == (op == ReduceOp::sum ? times(v, world, dtype) : v));
         }
-        Tensor b = make(v, dtype, Device::cpu());
+        Tensor b = make_values(v, dtype, Device::cpu());
         comm->broadcast(Buffer::of(b), world - 1)->wait(kWait);
-        REQUIRE(read(b) == v);
+        REQUIRE(read_values(b) == v);
 
-        Tensor part = make(v, dtype, Device::cpu());
-        Tensor whole = make(std::vector<float>(n * world, -7.f), dtype, Device::cpu());
+        Tensor part = make_values(v, dtype, Device::cpu());
+        Tensor whole = make_values(std::vector<float>(n * world, -7.f), dtype, Device::cpu());
         comm->all_gather(Buffer::of(whole), Buffer::of(part))->wait(kWait);
-        REQUIRE(read(whole) == repeated(v, world));
+        REQUIRE(read_values(whole) == repeated(v, world));
         // In place: the input is this rank's block of the output.
-        Tensor inplace = make(std::vector<float>(n * world, -7.f), dtype, Device::cpu());
+        Tensor inplace = make_values(std::vector<float>(n * world, -7.f), dtype, Device::cpu());
         inplace.view(0, {n}).copy_from(part);
         comm->all_gather(Buffer::of(inplace), Buffer::of(inplace.view(0, {n})))->wait(kWait);
-        REQUIRE(read(inplace) == repeated(v, world));
+        REQUIRE(read_values(inplace) == repeated(v, world));
 
         if (world > 1) {
-          Tensor p2p = make(v, dtype, Device::cpu());
+          Tensor p2p = make_values(v, dtype, Device::cpu());
           comm->send(Buffer::of(p2p), world - 1)->wait(kWait);
           comm->recv(Buffer::of(p2p), 1)->wait(kWait);
-          REQUIRE(read(p2p) == v);
+          REQUIRE(read_values(p2p) == v);
         }
       }
     }

@@ -3,15 +3,20 @@
 #pragma once
 
 #include <arpa/inet.h>
+#include <signal.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <regex>
 #include <string>
+#include <thread>
+#include <vector>
 
 #include "support/testing.h"
 
@@ -55,6 +60,27 @@ inline int free_port() {
   REQUIRE(getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) == 0);
   close(fd);
   return ntohs(addr.sin_port);
+}
+
+// The pids workers announced with a "pid N" line (after a "[rank R] " prefix).
+inline std::vector<pid_t> announced_pids(const std::string& output) {
+  std::vector<pid_t> pids;
+  std::regex re(R"(\] .*pid (\d+))");
+  for (std::sregex_iterator it(output.begin(), output.end(), re), end; it != end; ++it)
+    pids.push_back(std::stoi((*it)[1]));
+  return pids;
+}
+
+// True once `pid` no longer exists (waits up to 3 s); kills it otherwise,
+// so a failing test leaves nothing behind.
+inline bool gone(pid_t pid) {
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(3);
+  while (std::chrono::steady_clock::now() < deadline) {
+    if (kill(pid, 0) != 0 && errno == ESRCH) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  kill(pid, SIGKILL);
+  return false;
 }
 
 }  // namespace tandem::testing
