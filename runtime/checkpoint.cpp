@@ -101,12 +101,13 @@ void keep_newest_checkpoints(const std::string& dir, int keep) {
   for (size_t i = 0; i + keep < steps.size(); i++) fs::remove_all(steps[i]);
 }
 
-json verify_checkpoint(const std::string& step_dir) {
+static json verify_files(const std::string& step_dir) {
   fs::path manifest_path = fs::path(step_dir) / "manifest.json";
   std::ifstream in(manifest_path);
   if (!in) throw UserError(fmt::format("{} has no manifest.json: not a tandem checkpoint", step_dir));
   json manifest = json::parse(in, nullptr, false);
-  if (!manifest.is_object() || manifest.value("format", "") != kFormat || !manifest.contains("files"))
+  if (!manifest.is_object() || manifest.value("format", "") != kFormat || !manifest.contains("files") ||
+      !manifest["files"].is_object())
     throw UserError(fmt::format("{} is not a {} manifest", manifest_path.string(), kFormat));
   for (auto& [name, entry] : manifest["files"].items()) {
     fs::path p = fs::path(step_dir) / name;
@@ -122,6 +123,16 @@ json verify_checkpoint(const std::string& step_dir) {
       throw UserError(fmt::format("checkpoint file {} does not match its SHA-256 in the manifest: it is corrupt", p.string()));
   }
   return manifest;
+}
+
+json verify_checkpoint(const std::string& step_dir) {
+  try {
+    return verify_files(step_dir);
+  } catch (const json::exception& e) {  // a field of the wrong type in a damaged manifest
+    throw UserError(fmt::format("{}/manifest.json is malformed: {}", step_dir, e.what()));
+  } catch (const fs::filesystem_error& e) {  // a file name that is not a file
+    throw UserError(fmt::format("{}/manifest.json names something that is not a file: {}", step_dir, e.what()));
+  }
 }
 
 }  // namespace tandem

@@ -49,7 +49,7 @@ Tensor Tensor::zeros(Shape shape, DType dtype, Device device) {
 Tensor Tensor::from_vector(const std::vector<float>& values, Shape shape) {
   Tensor t = empty(std::move(shape), DType::f32, Device::cpu());
   TANDEM_CHECK(static_cast<int64_t>(values.size()) == t.numel(), "from_vector: size mismatch");
-  std::memcpy(t.data(), values.data(), t.nbytes());
+  if (t.nbytes() > 0) std::memcpy(t.data(), values.data(), t.nbytes());  // an empty vector's data() may be null
   return t;
 }
 
@@ -130,7 +130,7 @@ std::vector<float> Tensor::to_vector() const {
   Tensor host = device().is_cpu() ? *this : to(Device::cpu());
   std::vector<float> out(numel());
   if (dtype_ == DType::f32) {
-    std::memcpy(out.data(), host.data(), nbytes());
+    if (nbytes() > 0) std::memcpy(out.data(), host.data(), nbytes());  // an empty vector's data() is null
   } else if (dtype_ == DType::bf16) {
     const uint16_t* p = host.data_as<uint16_t>();
     for (size_t i = 0; i < out.size(); i++) out[i] = bf16_to_f32(p[i]);

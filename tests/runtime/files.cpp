@@ -152,3 +152,15 @@ TEST_CASE("idx files load, normalise and reject damage", "[files]") {
   REQUIRE_THROWS_AS(load_fashion_mnist((dir / "nowhere").string(), true), UserError);
   fs::remove_all(dir);
 }
+
+TEST_CASE("a manifest with fields of the wrong type is a clear error", "[files]") {
+  fs::path dir = temp_dir("manifest");
+  for (const char* text : {R"({"format": 1})", R"({"format": "tandem-checkpoint-v1", "files": {"a": {"bytes": "x"}}})",
+                           R"({"format": "tandem-checkpoint-v1", "files": 7})", "[]", "not json"}) {
+    INFO(text);
+    std::ofstream(dir / "manifest.json") << text;
+    write_bytes(dir / "a", "abc");
+    REQUIRE_THROWS_AS(verify_checkpoint(dir.string()), UserError);
+  }
+  fs::remove_all(dir);
+}
