@@ -94,8 +94,7 @@ Tensor LayerNorm::backward(const Tensor& grad_output, Context& ctx) {
 
 // ---- Embedding
 
-Embedding::Embedding(ParameterSet& params, const std::string& prefix, int64_t num, int64_t dim)
-    : num_(num), dim_(dim) {
+Embedding::Embedding(ParameterSet& params, const std::string& prefix, int64_t num, int64_t dim) : dim_(dim) {
   weight_ = own(params.add(prefix + ".weight", {num, dim}, Init::normal(1.f)));
 }
 

@@ -74,7 +74,7 @@ class Embedding : public Module {
   const char* kind() const override { return "Embedding"; }
 
  private:
-  int64_t num_, dim_;
+  int64_t dim_;
   Parameter* weight_;
   Tensor indices_, output_;
 };
