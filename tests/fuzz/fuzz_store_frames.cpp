@@ -36,17 +36,27 @@ tandem::collectives::TcpStoreServer& server() {
   return s;
 }
 
+wire::Socket configured(wire::Socket s);
+
 wire::Socket connect_to_server() {
   std::string error;
   auto addrs = wire::resolve("127.0.0.1", server().port(), 0, &error);
   if (!addrs) std::abort();
-  wire::Socket s(::socket(addrs->ai_family, SOCK_STREAM, 0));
-  if (s.fd() < 0 || ::connect(s.fd(), addrs->ai_addr, addrs->ai_addrlen) != 0) {
-    std::fprintf(stderr, "fuzz_store_frames: cannot connect to the server: %s\n", std::strerror(errno));
-    std::abort();
+  // A signal (libFuzzer's timers) can interrupt connect(): start over with a
+  // fresh socket then, as the interrupted one is in an unknown state.
+  for (int attempt = 0;; attempt++) {
+    wire::Socket s(::socket(addrs->ai_family, SOCK_STREAM, 0));
+    if (s.fd() >= 0 && ::connect(s.fd(), addrs->ai_addr, addrs->ai_addrlen) == 0) return configured(std::move(s));
+    if (s.fd() < 0 || errno != EINTR || attempt >= 100) {
+      std::fprintf(stderr, "fuzz_store_frames: cannot connect to the server: %s\n", std::strerror(errno));
+      std::abort();
+    }
   }
-  // Closed with a reset, not into TIME_WAIT: thousands of connections a
-  // second would otherwise run out of ephemeral ports.
+}
+
+// Closed with a reset, not into TIME_WAIT: thousands of connections a
+// second would otherwise run out of ephemeral ports.
+wire::Socket configured(wire::Socket s) {
   linger reset{1, 0};
   ::setsockopt(s.fd(), SOL_SOCKET, SO_LINGER, &reset, sizeof reset);
   return s;
