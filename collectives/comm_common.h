@@ -100,6 +100,28 @@ class GroupTracker {
   std::vector<int> world_ranks_;
 };
 
+// Numbers operations as Note [Naming the missing ranks] says: collectives
+// 1, 2, 3, ... in the group (recording each issue in the tracker), sends and
+// receives per peer. Not thread-safe: backends call it under their issue lock.
+class IssueNumbers {
+ public:
+  explicit IssueNumbers(int size) : sent_(size), received_(size) {}
+  void number(OpDesc& op, const GroupTracker& tracker) {
+    if (op.kind == OpKind::send) {
+      op.seq = ++sent_[op.peer];
+    } else if (op.kind == OpKind::recv) {
+      op.seq = ++received_[op.peer];
+    } else {
+      op.seq = ++collectives_;
+      tracker.record_issue(op);
+    }
+  }
+
+ private:
+  int64_t collectives_ = 0;
+  std::vector<int64_t> sent_, received_;  // per peer
+};
+
 // Both backends' public calls: each builds one OpDesc and hands it to the
 // backend's issue(), the one path every operation goes through.
 class DescriptorCommunicator : public Communicator {

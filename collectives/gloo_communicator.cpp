@@ -268,7 +268,7 @@ class GlooCommunicator final : public detail::DescriptorCommunicator {
   GlooCommunicator(std::shared_ptr<Store> store, int rank, int size, const CommOptions& options,
                    std::shared_ptr<gloo::transport::Device> device, std::vector<int> world_ranks)
       : store_(std::move(store)), rank_(rank), size_(size), options_(options), device_(std::move(device)),
-        sent_(size), received_(size) {
+        numbers_(size) {
     tracker_ = std::make_shared<detail::GroupTracker>(store_, rank, size, "gloo", std::move(world_ranks));
     detail::await_all_ranks(*store_, rank, size, "gloo rendezvous", options.timeout);
     auto context = std::make_shared<gloo::rendezvous::Context>(rank, size);
@@ -316,14 +316,7 @@ class GlooCommunicator final : public detail::DescriptorCommunicator {
     detail::check_args(op, rank_, size_, "gloo");
     check_supported(op);
     std::lock_guard<std::mutex> lock(issue_mutex_);
-    if (op.kind == OpKind::send) {
-      op.seq = ++sent_[op.peer];
-    } else if (op.kind == OpKind::recv) {
-      op.seq = ++received_[op.peer];
-    } else {
-      op.seq = ++collectives_;
-      tracker_->record_issue(op);
-    }
+    numbers_.number(op, *tracker_);
     auto work = std::make_shared<GlooWork>(op, tracker_);
     work->state()->watch = Watchdog::process().begin(op, tracker_, options_.timeout);
     engine_->enqueue(op, work->state());
@@ -351,8 +344,8 @@ class GlooCommunicator final : public detail::DescriptorCommunicator {
   std::thread comm_thread_, p2p_thread_;
 
   std::mutex issue_mutex_;  // numbering and queueing happen together, so the queue is in seq order
-  int64_t collectives_ = 0, splits_ = 0;
-  std::vector<int64_t> sent_, received_;  // per peer
+  int64_t splits_ = 0;
+  detail::IssueNumbers numbers_;
 };
 
 }  // namespace

@@ -183,7 +183,7 @@ class NcclCommunicator final : public detail::DescriptorCommunicator {
   NcclCommunicator(std::shared_ptr<Store> store, int rank, int size, Device device, const CommOptions& options,
                    std::vector<int> world_ranks)
       : store_(std::move(store)), rank_(rank), size_(size), options_(options), state_(std::make_shared<NcclState>()),
-        sent_(size), received_(size) {
+        numbers_(size) {
     state_->device = device;
     state_->tracker = std::make_shared<detail::GroupTracker>(store_, rank, size, "nccl", std::move(world_ranks));
     detail::await_all_ranks(*store_, rank, size, "nccl rendezvous", options.timeout);
@@ -241,14 +241,7 @@ class NcclCommunicator final : public detail::DescriptorCommunicator {
     std::lock_guard<std::mutex> enqueue(state_->mutex);
     TANDEM_CHECK(!state_->aborted, fmt::format("nccl {}: the communicator was aborted after an earlier timeout; "
                                                "create a new one", detail::op_name(op.kind)));
-    if (op.kind == OpKind::send) {
-      op.seq = ++sent_[op.peer];
-    } else if (op.kind == OpKind::recv) {
-      op.seq = ++received_[op.peer];
-    } else {
-      op.seq = ++collectives_;
-      state_->tracker->record_issue(op);
-    }
+    numbers_.number(op, *state_->tracker);
     set_current_device(state_->device);
     if (op.kind == OpKind::barrier || op.bytes() > 0) {
       if (!settle(state_->comm, launch(op), detail::op_name(op.kind), Clock::now() + options_.timeout)) {
@@ -306,8 +299,8 @@ class NcclCommunicator final : public detail::DescriptorCommunicator {
   CommOptions options_;
   std::shared_ptr<NcclState> state_;
   std::mutex issue_mutex_;
-  int64_t collectives_ = 0, splits_ = 0;
-  std::vector<int64_t> sent_, received_;  // per peer
+  int64_t splits_ = 0;
+  detail::IssueNumbers numbers_;
 };
 
 }  // namespace
