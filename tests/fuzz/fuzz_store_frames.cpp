@@ -69,19 +69,24 @@ std::string hello_frame() {
 void send_all(int fd, std::string_view bytes) {
   while (!bytes.empty()) {
     ssize_t n = ::send(fd, bytes.data(), bytes.size(), MSG_NOSIGNAL);
+    if (n < 0 && errno == EINTR) continue;
     if (n <= 0) return;  // the server closed it: fine
     bytes.remove_prefix(static_cast<size_t>(n));
   }
 }
 
 // Reads until EOF, an error, `quiet_ms` without data or `enough` bytes; returns the bytes read.
+// libFuzzer's timer signal interrupts poll() and recv(): that is not quiet, so wait on.
 std::string drain(int fd, int quiet_ms, size_t enough = SIZE_MAX) {
   std::string got;
   char buf[4096];
   while (got.size() < enough) {
     pollfd p{fd, POLLIN, 0};
-    if (::poll(&p, 1, quiet_ms) <= 0) return got;
+    int ready = ::poll(&p, 1, quiet_ms);
+    if (ready < 0 && errno == EINTR) continue;
+    if (ready <= 0) return got;
     ssize_t n = ::recv(fd, buf, sizeof buf, 0);
+    if (n < 0 && errno == EINTR) continue;
     if (n <= 0) return got;
     got.append(buf, static_cast<size_t>(n));
   }
@@ -120,6 +125,10 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   send_all(probe.fd(), hello_frame());
   constexpr size_t kOkFrameBytes = 5;  // u32 length 1, then Reply::ok
   std::string reply = drain(probe.fd(), kProbeMs, kOkFrameBytes);
-  if (reply.size() < kOkFrameBytes || static_cast<uint8_t>(reply[4]) != static_cast<uint8_t>(wire::Reply::ok)) std::abort();
+  if (reply.size() < kOkFrameBytes || static_cast<uint8_t>(reply[4]) != static_cast<uint8_t>(wire::Reply::ok)) {
+    std::fprintf(stderr, "fuzz_store_frames: the server did not answer a fresh HELLO with OK (%zu bytes back)\n",
+                 reply.size());
+    std::abort();
+  }
   return 0;
 }
