@@ -8,6 +8,7 @@
 #include <functional>
 
 #include "kernels/activation.h"
+#include "kernels/attention.h"
 #include "kernels/bias.h"
 #include "kernels/cast.h"
 #include "kernels/dropout.h"
@@ -147,6 +148,20 @@ void bench_dtype(Bench& b, DType dt) {
         [&] { kernels::layernorm_forward(ly, mean, rstd, x, lw, lb, {}, b.stream); });
   b.add("layernorm_backward", nc, dt, es * 3 * N * C, 0,
         [&] { kernels::layernorm_backward(dx, ldw, ldb, ldy, x, lw, mean, rstd, b.stream); });
+
+  // Causal attention at GPT-2 124M's shape (B=8, T=1024, 12 heads of 64) on
+  // a GPU; one sequence of 128 on CPU. The forward runs first, so the
+  // backward gets a real out and lse.
+  int64_t AB = gpu ? 8 : 1, AT = gpu ? 1024 : 128, NH = 12, HS = C / NH;
+  Tensor qkv = random({AB, AT, 3 * C}, dt, d, 35), att = Tensor::empty({AB, AT, C}, dt, d);
+  Tensor lse = Tensor::empty({AB, NH, AT}, DType::f32, d), datt = random({AB, AT, C}, dt, d, 36);
+  Tensor dqkv = Tensor::empty({AB, AT, 3 * C}, dt, d);
+  std::string attn_shape = fmt::format("B={} T={} NH={} HS={}", AB, AT, NH, HS);
+  double att_flops = kernels::attention_forward_flops(AB, AT, NH, HS), lse_bytes = 4.0 * AB * NH * AT;
+  b.add("attention_forward", attn_shape, dt, es * 4 * AB * AT * C + lse_bytes, att_flops,
+        [&] { kernels::attention_forward(att, lse, qkv, NH, b.stream); });
+  b.add("attention_backward", attn_shape, dt, es * 8 * AB * AT * C + lse_bytes, 2.5 * att_flops,
+        [&] { kernels::attention_backward(dqkv, datt, qkv, att, lse, NH, b.stream); });
 
   Tensor logits = random({N, V}, dt, d, 40), dlogits = Tensor::empty({N, V}, dt, d);
   Tensor targets = random_indices(N, V, d, 41), losses = Tensor::empty({N}, DType::f32, d);

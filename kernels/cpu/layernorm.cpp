@@ -4,6 +4,7 @@
 #include <cmath>
 
 #include "kernels/layernorm.h"
+#include "kernels/residual.h"
 
 namespace tandem::kernels::cpu {
 
@@ -27,6 +28,19 @@ void layernorm_forward(float* out, float* mean, float* rstd, const float* inp, c
     for (int64_t c = 0; c < C; c++) y[c] = (x[c] - mf) * s * weight[c] + bias[c];
     mean[n] = mf;
     rstd[n] = s;
+  }
+}
+
+// Literally the unfused pair, one row at a time (so the row is still in
+// cache for the normalization): residual_add, then layernorm_forward on the
+// residual just stored. Each row's a and b elements are read before its
+// residual elements are written, so residual may alias a or b.
+void residual_layernorm_forward(float* residual, float* out, float* mean, float* rstd, const float* a,
+                                const float* b, const float* weight, const float* bias, int64_t N, int64_t C,
+                                float eps) {
+  for (int64_t n = 0; n < N; n++) {
+    residual_add(residual + n * C, a + n * C, b + n * C, C);
+    layernorm_forward(out + n * C, mean + n, rstd + n, residual + n * C, weight, bias, 1, C, eps);
   }
 }
 

@@ -5,6 +5,12 @@
 // warp shuffles, so no shared memory and no __syncthreads. Rows are
 // independent, so any C (1 included) and any N work without special cases.
 //
+// residual_layernorm_forward: the same one warp per row. The warp first
+// stores its row of residual = a + b, then runs the forward's own row code
+// (forward_row, Note [One forward row]) over the row it just stored, which
+// is still in L1/L2: the unfused pair's results bit for bit, minus one read
+// of the residual from DRAM and one launch.
+//
 // dweight/dbias: a column kernel. Each block owns a narrow strip of columns
 // outright; its threads each sum a fixed set of rows of one column, and the
 // partial sums of a column are combined through shared memory in a fixed
@@ -26,6 +32,35 @@ constexpr int kColWarps = 32;     // warps per block in the column kernel
 constexpr int kColBlock = kColWarps * kWarp;
 constexpr int kSectorBytes = 32;  // a DRAM/L2 sector
 
+// Note [One forward row]: the forward's arithmetic for one row, shared by
+// forward_kernel and residual_forward_kernel so that the fused kernel cannot
+// drift from layernorm_forward. Its multiply-adds are spelled out
+// (__fmul_rn, __fmaf_rn; the contractions nvcc chose for the original code)
+// so that the compiler cannot contract them differently in the two kernels;
+// the sums are warp_sum's fixed shuffle order. Lane `lane` reads x[c] and
+// writes y[c] only for its channels c = lane, lane + 32, ...; x is read
+// three times (the later passes from L1).
+template <typename T>
+__device__ __forceinline__ void forward_row(T* y, float* mean, float* rstd, const T* x, const T* weight,
+                                            const T* bias, int C, float eps, int lane) {
+  float sum = 0.f;
+  for (int c = lane; c < C; c += kWarp) sum += to_float(x[c]);
+  float m = warp_sum(sum) / C;
+  // Second pass over the row (from L1) for the variance: no cancellation.
+  float sq = 0.f;
+  for (int c = lane; c < C; c += kWarp) {
+    float d = to_float(x[c]) - m;
+    sq = __fmaf_rn(d, d, sq);
+  }
+  float s = rsqrtf(warp_sum(sq) / C + eps);
+  for (int c = lane; c < C; c += kWarp)
+    y[c] = from_float<T>(__fmaf_rn(__fmul_rn(to_float(x[c]) - m, s), to_float(weight[c]), to_float(bias[c])));
+  if (lane == 0) {
+    *mean = m;
+    *rstd = s;
+  }
+}
+
 template <typename T>
 __global__ void __launch_bounds__(kRowBlock)
     forward_kernel(T* __restrict__ out, float* __restrict__ mean, float* __restrict__ rstd,
@@ -34,25 +69,33 @@ __global__ void __launch_bounds__(kRowBlock)
   int64_t row = static_cast<int64_t>(blockIdx.x) * kRowsPerBlock + threadIdx.x / kWarp;
   int lane = threadIdx.x % kWarp;
   if (row >= N) return;  // the whole warp leaves together
-  const T* x = inp + row * C;
-  T* y = out + row * C;
+  forward_row(out + row * C, mean + row, rstd + row, inp + row * C, weight, bias, C, eps, lane);
+}
 
-  float sum = 0.f;
-  for (int c = lane; c < C; c += kWarp) sum += to_float(x[c]);
-  float m = warp_sum(sum) / C;
-  // Second pass over the row (from L1) for the variance: no cancellation.
-  float sq = 0.f;
-  for (int c = lane; c < C; c += kWarp) {
-    float d = to_float(x[c]) - m;
-    sq += d * d;
-  }
-  float s = rsqrtf(warp_sum(sq) / C + eps);
-  for (int c = lane; c < C; c += kWarp)
-    y[c] = from_float<T>((to_float(x[c]) - m) * s * to_float(weight[c]) + to_float(bias[c]));
-  if (lane == 0) {
-    mean[row] = m;
-    rstd[row] = s;
-  }
+// residual = a + b for the row, rounded as residual_add_kernel rounds it
+// (kernels/cuda/residual.cu), then forward_row over the stored residual, so
+// in bf16 the normalization sees the rounded values, as the unfused pair's
+// would. residual, a and b are not __restrict__: residual may alias a or b,
+// and the residual row is read back after it is written in this kernel
+// (which also keeps those loads off the read-only path). Each element of a
+// and b is read by the lane that then writes that element of residual.
+template <typename T>
+__global__ void __launch_bounds__(kRowBlock)
+    residual_forward_kernel(T* residual, T* __restrict__ out, float* __restrict__ mean,
+                            float* __restrict__ rstd, const T* a, const T* b, const T* __restrict__ weight,
+                            const T* __restrict__ bias, int64_t N, int C, float eps) {
+  int64_t row = static_cast<int64_t>(blockIdx.x) * kRowsPerBlock + threadIdx.x / kWarp;
+  int lane = threadIdx.x % kWarp;
+  if (row >= N) return;  // the whole warp leaves together
+  T* r = residual + row * C;
+  const T* ar = a + row * C;
+  const T* br = b + row * C;
+  for (int c = lane; c < C; c += kWarp) r[c] = from_float<T>(to_float(ar[c]) + to_float(br[c]));
+  // forward_row reads back only the lane's own elements today; the barrier
+  // (which orders the warp's global memory accesses) keeps this kernel right
+  // should it ever read the row in another layout.
+  __syncwarp();
+  forward_row(out + row * C, mean + row, rstd + row, static_cast<const T*>(r), weight, bias, C, eps, lane);
 }
 
 // dinp for one row per warp. dinp and dout are not __restrict__: they may
@@ -167,6 +210,19 @@ void layernorm_forward(void* out, float* mean, float* rstd, const void* inp, con
                             static_cast<T*>(out), mean, rstd, static_cast<const T*>(inp),
                             static_cast<const T*>(weight), static_cast<const T*>(bias), N,
                             static_cast<int>(C), eps));
+  CUDA_CHECK_LAUNCH();
+}
+
+void residual_layernorm_forward(void* residual, void* out, float* mean, float* rstd, const void* a, const void* b,
+                                const void* weight, const void* bias, int64_t N, int64_t C, float eps, DType dtype,
+                                cudaStream_t stream) {
+  check_sizes(N, C);
+  if (N == 0) return;
+  TANDEM_DISPATCH_FLOAT(dtype, T,
+                        residual_forward_kernel<T><<<ceil_div(N, kRowsPerBlock), kRowBlock, 0, stream>>>(
+                            static_cast<T*>(residual), static_cast<T*>(out), mean, rstd,
+                            static_cast<const T*>(a), static_cast<const T*>(b), static_cast<const T*>(weight),
+                            static_cast<const T*>(bias), N, static_cast<int>(C), eps));
   CUDA_CHECK_LAUNCH();
 }
 

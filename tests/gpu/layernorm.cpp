@@ -1,10 +1,13 @@
 // CUDA LayerNorm against the CPU twin, f32 and bf16, with poisoned outputs;
-// dinp over dout; and a bitwise run-to-run check of the backward.
+// dinp over dout; a bitwise run-to-run check of the backward; and the fused
+// residual + LayerNorm forward against the unfused pair on the GPU, bit for
+// bit, and against the CPU twin.
 #include <algorithm>
 #include <cmath>
 #include <cstring>
 
 #include "kernels/layernorm.h"
+#include "kernels/residual.h"
 #include "support/testing.h"
 
 using namespace tandem;
@@ -158,4 +161,65 @@ TEST_CASE("cuda layernorm with no rows does nothing", "[gpu][layernorm]") {
   stream.synchronize();
   REQUIRE(same_bits(dw.to_vector(), dw0));
   REQUIRE(same_bits(db.to_vector(), dw0));
+}
+
+TEST_CASE("cuda residual_layernorm equals residual_add then layernorm_forward bitwise", "[gpu][layernorm]") {
+  Stream stream = Stream::create(Device::cuda(0));
+  Device gpu = stream.device();
+  for (DType dtype : {DType::f32, DType::bf16}) {
+    double tol = dtype == DType::f32 ? 1e-5 : 1e-2;
+    for (int64_t N : {int64_t{1}, int64_t{7}, int64_t{33}, int64_t{1031}}) {
+      for (int64_t C : {int64_t{1}, int64_t{7}, int64_t{33}, int64_t{768}, int64_t{1031}}) {
+        uint64_t seed = fresh_seed();
+        INFO("dtype=" << dtype_name(dtype) << " N=" << N << " C=" << C << " seed=" << seed);
+        // a, b, weight, bias rounded through bf16 when the GPU stores bf16.
+        Inputs in = random_inputs(N, C, dtype, seed);  // x is a, dy is b
+        const Vec &a = in.x, &b = in.dy;
+        Tensor ga = make_tensor(a, {N, C}, dtype, gpu), gb = make_tensor(b, {N, C}, dtype, gpu);
+        Tensor w = make_tensor(in.w, {C}, dtype, gpu), bias = make_tensor(in.b, {C}, dtype, gpu);
+        auto poisoned = [&](int64_t n, Shape shape, DType dt) { return make_tensor(Vec(n, NAN), shape, dt, gpu); };
+
+        // The unfused pair; the fused kernel into poisoned outputs; and the
+        // fused kernel in place, residual over (a copy of) a.
+        Tensor r1 = poisoned(N * C, {N, C}, dtype), out1 = poisoned(N * C, {N, C}, dtype);
+        Tensor m1 = poisoned(N, {N}, DType::f32), s1 = poisoned(N, {N}, DType::f32);
+        Tensor r2 = poisoned(N * C, {N, C}, dtype), out2 = poisoned(N * C, {N, C}, dtype);
+        Tensor m2 = poisoned(N, {N}, DType::f32), s2 = poisoned(N, {N}, DType::f32);
+        Tensor over_a = make_tensor(a, {N, C}, dtype, gpu), out3 = poisoned(N * C, {N, C}, dtype);
+        Tensor m3 = poisoned(N, {N}, DType::f32), s3 = poisoned(N, {N}, DType::f32);
+        kernels::residual_add(r1, ga, gb, stream);
+        kernels::layernorm_forward(out1, m1, s1, r1, w, bias, {}, stream);
+        kernels::residual_layernorm_forward(r2, out2, m2, s2, ga, gb, w, bias, {}, stream);
+        kernels::residual_layernorm_forward(over_a, out3, m3, s3, over_a, gb, w, bias, {}, stream);
+        stream.synchronize();
+
+        Vec residual = r1.to_vector(), out = out1.to_vector(), mean = m1.to_vector(), rstd = s1.to_vector();
+        REQUIRE(all_finite(out));
+        REQUIRE(all_finite(mean));
+        REQUIRE(all_finite(rstd));
+        struct Run { const Tensor *r, *out, *m, *s; };
+        for (Run run : {Run{&r2, &out2, &m2, &s2}, Run{&over_a, &out3, &m3, &s3}}) {
+          REQUIRE(same_bits(run.r->to_vector(), residual));
+          REQUIRE(same_bits(run.out->to_vector(), out));
+          REQUIRE(same_bits(run.m->to_vector(), mean));
+          REQUIRE(same_bits(run.s->to_vector(), rstd));
+        }
+
+        // Against the CPU twin: the residual is one fp32 addition rounded to
+        // the storage dtype, so exact; the LayerNorm of that stored residual
+        // within the forward's tolerance.
+        Vec want_residual(N * C);
+        for (int64_t i = 0; i < N * C; i++) want_residual[i] = a[i] + b[i];
+        if (dtype == DType::bf16) want_residual = rounded_to_bf16(want_residual);
+        REQUIRE(same_bits(residual, want_residual));
+        Inputs cpu_in = in;
+        cpu_in.x = want_residual;
+        Outputs want = run_cpu(cpu_in, N, C);
+        Scales scale = error_scales(cpu_in, want, N, C);
+        REQUIRE(rel_error(out, want.out) <= tol);
+        REQUIRE(scaled_error(mean, want.mean, scale.mean) <= 1e-5);
+        REQUIRE(rel_error(rstd, want.rstd) <= 1e-5);
+      }
+    }
+  }
 }

@@ -1,10 +1,12 @@
 // CPU LayerNorm against float64 formulas (forward, backward, accumulation
-// semantics), and a float64 finite-difference check of the backward.
+// semantics), a float64 finite-difference check of the backward, and the
+// fused residual + LayerNorm forward against the unfused pair, bit for bit.
 #include <algorithm>
 #include <cmath>
 #include <cstring>
 
 #include "kernels/layernorm.h"
+#include "kernels/residual.h"
 #include "support/testing.h"
 
 using namespace tandem;
@@ -178,4 +180,77 @@ TEST_CASE("cpu layernorm backward matches float64 finite differences", "[kernels
       REQUIRE(rel_error(dbias.to_vector(), numeric(b)) <= 1e-2);
     }
   }
+}
+
+TEST_CASE("cpu residual_layernorm equals residual_add then layernorm_forward bitwise", "[kernels][layernorm]") {
+  for (int64_t N : {int64_t{0}, int64_t{1}, int64_t{7}, int64_t{33}}) {
+    for (int64_t C : {int64_t{1}, int64_t{7}, int64_t{33}, int64_t{1000}}) {
+      uint64_t seed = fresh_seed();
+      INFO("N=" << N << " C=" << C << " seed=" << seed);
+      Vec a = random_vector(N * C, seed, -2.f, 3.f), b = random_vector(N * C, seed + 1),
+          w = random_vector(C, seed + 2, -1.5f, 1.5f), bias = random_vector(C, seed + 3);
+      Tensor ta = Tensor::from_vector(a, {N, C}), tb = Tensor::from_vector(b, {N, C});
+      Tensor tw = Tensor::from_vector(w, {C}), tbias = Tensor::from_vector(bias, {C});
+
+      // The unfused pair.
+      Tensor r1 = Tensor::empty({N, C}, DType::f32, Device::cpu());
+      Tensor out1 = Tensor::empty({N, C}, DType::f32, Device::cpu());
+      Tensor m1 = Tensor::empty({N}, DType::f32, Device::cpu()), s1 = Tensor::empty({N}, DType::f32, Device::cpu());
+      kernels::residual_add(r1, ta, tb, Stream());
+      kernels::layernorm_forward(out1, m1, s1, r1, tw, tbias, {.eps = kEps}, Stream());
+
+      // Fused, into poisoned outputs; then in place over a, and over b.
+      auto poisoned = [](int64_t n, Shape shape) { return Tensor::from_vector(Vec(n, NAN), shape); };
+      Tensor r2 = poisoned(N * C, {N, C}), out2 = poisoned(N * C, {N, C});
+      Tensor m2 = poisoned(N, {N}), s2 = poisoned(N, {N});
+      kernels::residual_layernorm_forward(r2, out2, m2, s2, ta, tb, tw, tbias, {.eps = kEps}, Stream());
+      Tensor over_a = Tensor::from_vector(a, {N, C}), over_b = Tensor::from_vector(b, {N, C});
+      Tensor out3 = poisoned(N * C, {N, C}), m3 = poisoned(N, {N}), s3 = poisoned(N, {N});
+      kernels::residual_layernorm_forward(over_a, out3, m3, s3, over_a, tb, tw, tbias, {.eps = kEps}, Stream());
+      Tensor out4 = poisoned(N * C, {N, C}), m4 = poisoned(N, {N}), s4 = poisoned(N, {N});
+      kernels::residual_layernorm_forward(over_b, out4, m4, s4, ta, over_b, tw, tbias, {.eps = kEps}, Stream());
+
+      REQUIRE(all_finite(out1.to_vector()));
+      struct Run { const Tensor *r, *out, *m, *s; };
+      for (Run run : {Run{&r2, &out2, &m2, &s2}, Run{&over_a, &out3, &m3, &s3}, Run{&over_b, &out4, &m4, &s4}}) {
+        REQUIRE(same_bits(run.r->to_vector(), r1.to_vector()));
+        REQUIRE(same_bits(run.out->to_vector(), out1.to_vector()));
+        REQUIRE(same_bits(run.m->to_vector(), m1.to_vector()));
+        REQUIRE(same_bits(run.s->to_vector(), s1.to_vector()));
+      }
+    }
+  }
+}
+
+TEST_CASE("cpu residual_layernorm takes (B, T, C) and refuses overlapping outputs", "[kernels][layernorm]") {
+  const int64_t B = 3, T = 5, C = 7, N = B * T;
+  uint64_t seed = fresh_seed();
+  INFO("seed=" << seed);
+  Vec a = random_vector(N * C, seed), b = random_vector(N * C, seed + 1);
+  Tensor ta = Tensor::from_vector(a, {B, T, C}), tb = Tensor::from_vector(b, {B, T, C});
+  Tensor w = random_tensor({C}, seed + 2), bias = random_tensor({C}, seed + 3);
+  Tensor residual = Tensor::empty({B, T, C}, DType::f32, Device::cpu());
+  Tensor out = Tensor::empty({B, T, C}, DType::f32, Device::cpu());
+  Tensor mean = Tensor::empty({B, T}, DType::f32, Device::cpu());
+  Tensor rstd = Tensor::empty({B, T}, DType::f32, Device::cpu());
+  kernels::residual_layernorm_forward(residual, out, mean, rstd, ta, tb, w, bias, {}, Stream());
+  Vec r(N * C);
+  for (int64_t i = 0; i < N * C; i++) r[i] = a[i] + b[i];
+  REQUIRE(same_bits(residual.to_vector(), r));
+  REQUIRE(same_bits(out.to_vector(), forward(r, w.to_vector(), bias.to_vector(), N, C)));
+
+  // out over residual, a or b: the fused forward would read what it wrote.
+  for (const Tensor* over : {&residual, &ta, &tb})
+    REQUIRE_THROWS_WITH(kernels::residual_layernorm_forward(residual, *over, mean, rstd, ta, tb, w, bias, {}, Stream()),
+                        Catch::Contains("out overlaps"));
+  // A residual that overlaps a without being a's elements, row for row.
+  Tensor buf = Tensor::from_vector(Vec((N + 1) * C, 1.f), {N + 1, C});
+  REQUIRE_THROWS_WITH(kernels::residual_layernorm_forward(buf.view(C, {B, T, C}), out, mean, rstd,
+                                                          buf.view(0, {B, T, C}), tb, w, bias, {}, Stream()),
+                      Catch::Contains("without being the same elements"));
+  // Shapes are checked.
+  REQUIRE_THROWS(kernels::residual_layernorm_forward(residual, out, mean, rstd, ta, random_tensor({B, T, C + 1}, seed),
+                                                     w, bias, {}, Stream()));
+  REQUIRE_THROWS(kernels::residual_layernorm_forward(residual, out, Tensor::empty({N - 1}, DType::f32, Device::cpu()),
+                                                     rstd, ta, tb, w, bias, {}, Stream()));
 }
