@@ -8,6 +8,7 @@ packages=(
   build-essential cmake ninja-build ccache pkg-config zlib1g-dev
   catch2 libfmt-dev libopenblas-dev libcli11-dev libtomlplusplus-dev
   nlohmann-json3-dev libgloo-dev libssl-dev dataset-fashion-mnist
+  fortunes  # English text for the language models (tandem data tokenize)
   clang libclang-rt-14-dev  # libFuzzer and clang's sanitizer runtimes (tools/sanitize.sh)
 )
 
