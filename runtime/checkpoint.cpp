@@ -68,12 +68,19 @@ std::string save_checkpoint(const std::string& dir, const CheckpointData& data) 
 
   write_safetensors((tmp_dir / "model.safetensors").string(), data.model, {{"format", "pt"}});
   write_safetensors((tmp_dir / "optimizer.safetensors").string(), data.optimizer);
+  std::vector<std::string> names = {"model.safetensors", "optimizer.safetensors"};
+  for (const auto& [name, contents] : data.files) {
+    std::ofstream out(tmp_dir / name, std::ios::binary);
+    out << contents;
+    if (!out.flush()) throw UserError(fmt::format("error writing {} (disk full?)", (tmp_dir / name).string()));
+    names.push_back(name);
+  }
 
   json manifest = data.info;
   manifest["format"] = kFormat;
   manifest["step"] = data.step;
   json files = json::object();
-  for (const char* name : {"model.safetensors", "optimizer.safetensors"}) {
+  for (const std::string& name : names) {
     fs::path p = tmp_dir / name;
     files[name] = {{"bytes", fs::file_size(p)}, {"sha256", file_sha256(p)}};
   }
@@ -83,7 +90,8 @@ std::string save_checkpoint(const std::string& dir, const CheckpointData& data) 
     out << manifest.dump(2) << "\n";
     if (!out) throw UserError(fmt::format("error writing {}/manifest.json", tmp_dir.string()));
   }
-  for (const char* name : {"model.safetensors", "optimizer.safetensors", "manifest.json"}) fsync_path(tmp_dir / name);
+  names.push_back("manifest.json");
+  for (const std::string& name : names) fsync_path(tmp_dir / name);
   fsync_path(tmp_dir);
   fs::remove_all(final_dir);
   fs::rename(tmp_dir, final_dir);

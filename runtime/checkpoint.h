@@ -1,6 +1,7 @@
 // Checkpoints: DIR/step_%08d/ holding
 //   model.safetensors      fp32 weights, one tensor per parameter, PyTorch names
 //   optimizer.safetensors  the optimizer's flat state buffers
+//   what else the model asks for (GPT-2: config.json, for Hugging Face)
 //   manifest.json          step, format, what else the trainer records, and
 //                          each file's size and SHA-256
 // The directory is written under a temporary name, every file and the
@@ -9,6 +10,7 @@
 #pragma once
 
 #include <nlohmann/json.hpp>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -21,6 +23,7 @@ struct CheckpointData {
   std::vector<NamedTensor> model;
   std::vector<NamedTensor> optimizer;
   nlohmann::json info = nlohmann::json::object();  // config, data cursor, RNG state
+  std::map<std::string, std::string> files;         // more files: name -> contents
 };
 
 // Writes `data` under `dir`; returns the checkpoint's directory.

@@ -14,7 +14,7 @@ const std::vector<std::string> kTopLevelKeys = {
     "model", "data", "data_dir", "device", "dtype", "seed", "batch_size", "epochs", "max_steps", "optimizer",
     "lr", "lr_schedule", "min_lr_ratio", "warmup_steps", "weight_decay", "momentum", "nesterov", "beta1",
     "beta2", "eps", "grad_clip", "grad_accum_steps", "backend", "bucket_cap_mb", "grad_compression", "comm_timeout", "log_every",
-    "eval_every", "ckpt_every"};
+    "eval_every", "ckpt_every", "train_data", "val_data", "seq_len", "val_batches", "init_from"};
 
 std::string where_key(const TrainConfig& c, const std::string& key) { return fmt::format("'{}' in {}", key, c.source); }
 
@@ -147,6 +147,11 @@ TrainConfig load_train_config(const std::string& path, const std::vector<std::st
   read(table, "log_every", c.log_every, c, 1);
   read(table, "eval_every", c.eval_every, c, 0);
   read(table, "ckpt_every", c.ckpt_every, c, 0);
+  read(table, "train_data", c.train_data, c);
+  read(table, "val_data", c.val_data, c);
+  read(table, "seq_len", c.seq_len, c, 1);
+  read(table, "val_batches", c.val_batches, c, 0);
+  read(table, "init_from", c.init_from, c);
   return c;
 }
 
@@ -165,7 +170,10 @@ std::string to_toml(const TrainConfig& c) {
                 {"backend", c.backend}, {"bucket_cap_mb", c.bucket_cap_mb},
                 {"grad_compression", c.grad_compression},
                 {"comm_timeout", c.comm_timeout}, {"log_every", c.log_every},
-                {"eval_every", c.eval_every}, {"ckpt_every", c.ckpt_every}};
+                {"eval_every", c.eval_every}, {"ckpt_every", c.ckpt_every},
+                {"train_data", c.train_data}, {"val_data", c.val_data},
+                {"seq_len", c.seq_len}, {"val_batches", c.val_batches},
+                {"init_from", c.init_from}};
   t.insert(c.model, c.model_options);
   std::ostringstream out;
   out << t;

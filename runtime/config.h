@@ -12,7 +12,7 @@
 namespace tandem {
 
 struct TrainConfig {
-  std::string model;                  // "mlp"
+  std::string model;                  // "mlp", "gpt2"
   std::string data = "fashion-mnist";
   std::string data_dir = "/usr/share/datasets/fashion-mnist";
   std::string device = "cpu";         // "cpu", "cuda", "cuda:N"
@@ -39,6 +39,12 @@ struct TrainConfig {
   int64_t log_every = 50;
   int64_t eval_every = 0;             // steps; 0: at the end of every epoch
   int64_t ckpt_every = 0;             // steps; 0: only at the end
+  // Language models (data = "tokens"): llm.c token files, glob patterns.
+  std::string train_data;             // e.g. "data/fortunes_train*.bin"
+  std::string val_data;               // "": no validation
+  int64_t seq_len = 64;               // tokens per sequence (T)
+  int64_t val_batches = 20;           // per rank and evaluation; 0: all of val_data
+  std::string init_from;              // a Hugging Face GPT-2 directory to start from ("": fresh weights)
 
   toml::table model_options;          // the [<model>] table, checked by the model
   std::string source;                 // where it came from, for messages

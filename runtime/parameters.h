@@ -35,18 +35,24 @@ struct Parameter {
   int64_t offset = 0;  // elements from the start of the flat buffers
   Tensor value;        // view of ParameterSet::values()
   Tensor grad;         // view of ParameterSet::grads()
+  // Files hold the transpose of `shape`: a 2-D weight that Hugging Face
+  // stores as Conv1D (in, out) while our matmul takes (out, in).
+  bool transposed_in_file = false;
   int64_t numel() const { return shape_numel(shape); }
 };
 
 class ParameterSet {
  public:
   // Registers a parameter; the pointer stays valid for the set's lifetime.
-  Parameter* add(std::string name, Shape shape, Init init);
+  Parameter* add(std::string name, Shape shape, Init init, bool transposed_in_file = false);
 
   // The initial values as a flat fp32 CPU tensor, drawn from `seed`. Data
   // parallelism broadcasts rank 0's before allocate; the optimizer seeds
   // its fp32 master copy from the same tensor.
   Tensor initial_values(uint64_t seed) const;
+  // Makes initial_values() return `values` (fp32 CPU, numel() elements)
+  // whatever the seed: a model starting from pretrained weights.
+  void set_initial_values(Tensor values);
 
   // Makes the flat buffers on `device` in `dtype`, binds every view and
   // fills the values from `initial` (fp32, numel() elements, any device;
@@ -67,6 +73,16 @@ class ParameterSet {
   std::deque<Parameter> params_;  // deque: add() never moves earlier ones
   int64_t numel_ = 0;
   Tensor values_, grads_;
+  Tensor pretrained_;  // set_initial_values()
 };
+
+// A parameter's fp32 values (`value`, in p.shape) as a file holds them: the
+// tensor itself, or a transposed CPU copy when p.transposed_in_file.
+Tensor to_file_layout(const Parameter& p, const Tensor& value);
+
+// Writes p's values read from a file (f32 or bf16, in the file layout) to
+// `dst` (p.numel() floats, p.shape); UserError naming `where` when the
+// tensor's shape or dtype do not fit.
+void from_file_layout(const Parameter& p, const Tensor& file_tensor, float* dst, const std::string& where);
 
 }  // namespace tandem

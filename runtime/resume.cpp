@@ -46,11 +46,7 @@ ResumePoint load_resume_point(const std::string& step_dir, const ParameterSet& p
     auto it = model.tensors.find(p.name);
     if (it == model.tensors.end())
       throw UserError(fmt::format("checkpoint {} has no parameter '{}': it was written by another model", step_dir, p.name));
-    const Tensor& t = it->second;
-    if (t.dtype() != DType::f32 || t.shape() != p.shape)
-      throw UserError(fmt::format("checkpoint {}: '{}' is {} {}, the model has f32 {}", step_dir, p.name,
-                                  dtype_name(t.dtype()), shape_str(t.shape()), shape_str(p.shape)));
-    std::memcpy(r.weights.data_as<float>() + p.offset, t.data(), t.nbytes());
+    from_file_layout(p, it->second, r.weights.data_as<float>() + p.offset, "checkpoint " + step_dir);
   }
   SafetensorsFile optimizer = read_safetensors(step_dir + "/optimizer.safetensors");
   r.optimizer_state = std::move(optimizer.tensors);

@@ -5,7 +5,6 @@
 #include <chrono>
 #include <cstring>
 
-#include "kernels/cast.h"
 #include "runtime/checkpoint.h"
 #include "runtime/core/log.h"
 #include "runtime/layers.h"
@@ -13,7 +12,7 @@
 #include "runtime/optimizer.h"
 #include "runtime/parallel/ddp.h"
 #include "runtime/resume.h"
-#include "runtime/sampler.h"
+#include "runtime/classifier_task.h"
 
 namespace tandem {
 
@@ -21,39 +20,6 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 double seconds_since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
-
-// Host staging for one batch and its device copy in the compute dtype.
-struct BatchBuffers {
-  BatchBuffers(int64_t batch, int64_t features, const Context& ctx)
-      : x_host(Tensor::empty({batch, features}, DType::f32, Device::cpu())),
-        y_host(Tensor::empty({batch}, DType::i32, Device::cpu())) {
-    if (ctx.device.is_cpu()) {
-      x = x_host;
-      y = y_host;
-      return;
-    }
-    x_f32 = Tensor::empty({batch, features}, DType::f32, ctx.device);
-    x = ctx.dtype == DType::f32 ? x_f32 : Tensor::empty({batch, features}, ctx.dtype, ctx.device);
-    y = Tensor::empty({batch}, DType::i32, ctx.device);
-  }
-
-  // Gathers samples `indices` [begin, end) of `data` and moves them to the device.
-  void load(const ImageDataset& data, const int64_t* indices, int64_t count, const Context& ctx) {
-    int64_t f = data.features();
-    float* xp = x_host.data_as<float>();
-    int32_t* yp = y_host.data_as<int32_t>();
-    for (int64_t i = 0; i < count; i++) {
-      std::memcpy(xp + i * f, data.images.data() + indices[i] * f, f * sizeof(float));
-      yp[i] = data.labels[indices[i]];
-    }
-    if (ctx.device.is_cpu()) return;
-    x_f32.copy_from(x_host, ctx.stream);
-    y.copy_from(y_host, ctx.stream);
-    if (ctx.dtype != DType::f32) kernels::cast(x, x_f32, ctx.stream);
-  }
-
-  Tensor x_host, y_host, x_f32, x, y;
-};
 
 Tensor make_scalar_i32(int32_t value, Device device) {
   Tensor t = Tensor::empty({1}, DType::i32, Device::cpu());
@@ -77,37 +43,9 @@ std::string rank_path(const std::string& path, int rank) {
 std::vector<NamedTensor> model_tensors(const ParameterSet& params, const Optimizer& opt) {
   std::vector<NamedTensor> out;
   Tensor weights = opt.weights();  // fp32 whatever the compute dtype
-  for (const Parameter& p : params.list()) out.push_back({p.name, weights.view(p.offset, p.shape)});
+  for (const Parameter& p : params.list()) out.push_back({p.name, to_file_layout(p, weights.view(p.offset, p.shape))});
   return out;
 }
-
-}  // namespace
-
-double evaluate_accuracy(Module& model, const ImageDataset& data, int64_t batch_size, Context& ctx) {
-  bool was_training = ctx.training;
-  ctx.training = false;
-  BatchBuffers buffers(batch_size, data.features(), ctx);
-  std::vector<int64_t> indices(data.count);
-  for (int64_t i = 0; i < data.count; i++) indices[i] = i;
-  int64_t correct = 0;
-  for (int64_t begin = 0; begin < data.count; begin += batch_size) {
-    int64_t count = std::min(batch_size, data.count - begin);
-    buffers.load(data, indices.data() + begin, count, ctx);
-    Tensor logits = model.forward(buffers.x.slice_rows(0, count), ctx);
-    ctx.stream.synchronize();
-    std::vector<float> host = logits.to_vector();
-    int64_t classes = logits.dim(-1);
-    for (int64_t i = 0; i < count; i++) {
-      const float* row = host.data() + i * classes;
-      int64_t best = std::max_element(row, row + classes) - row;
-      correct += best == data.labels[begin + i];
-    }
-  }
-  ctx.training = was_training;
-  return static_cast<double>(correct) / static_cast<double>(data.count);
-}
-
-namespace {
 
 // The device, dtype, stream and seed a run computes with; checks that the
 // config's device exists.
@@ -175,9 +113,8 @@ ResumePoint resume_point(const TrainOutputs& outputs, const ParameterSet& params
 
 }  // namespace
 
-TrainSummary train_classifier(const TrainConfig& config, Module& model, ParameterSet& params,
-                              const ImageDataset& train, const ImageDataset& test, const TrainOutputs& outputs,
-                              const parallel::ProcessGroup& pg) {
+TrainSummary train(const TrainConfig& config, Module& model, ParameterSet& params, TrainTask& task,
+                   const TrainOutputs& outputs, const parallel::ProcessGroup& pg) {
   Context ctx = make_context(config, pg.env);
   auto timeout = collectives::Millis(static_cast<int64_t>(config.comm_timeout * 1000));
   bool leader = pg.rank() == 0;  // rank 0 logs, writes metrics and checkpoints
@@ -200,19 +137,19 @@ TrainSummary train_classifier(const TrainConfig& config, Module& model, Paramete
   }
 
   // Micro-batches: batch_size per rank, grad_accum_steps of them per step.
-  EpochSampler sampler(train.count, config.batch_size, ctx.seed, pg.rank(), pg.size());
   int64_t accum = config.grad_accum_steps;
-  int64_t steps_per_epoch = sampler.steps_per_epoch() / accum;
+  int64_t steps_per_epoch = task.batches_per_epoch() / accum;
   if (steps_per_epoch == 0)
-    throw UserError(fmt::format("batch_size {} x grad_accum_steps {} x {} ranks exceeds the data set ({} samples)",
-                                config.batch_size, accum, pg.size(), train.count));
+    throw UserError(fmt::format("batch_size {} x grad_accum_steps {} x {} ranks exceeds the training data",
+                                config.batch_size, accum, pg.size()));
   int64_t total_steps = config.max_steps > 0 ? config.max_steps : config.epochs * steps_per_epoch;
-  int64_t global_batch = config.batch_size * accum * pg.size();
+  int64_t global_batch = task.units_per_batch() * accum * pg.size();  // samples or tokens per step
   LrSchedule schedule{static_cast<float>(config.lr), config.warmup_steps, total_steps,
                       static_cast<float>(config.min_lr_ratio), config.lr_schedule == "cosine"};
   if (leader)
-    log_info("training {} ({} parameters) on {} x {} in {}: {} steps of {} samples, {} per epoch", config.model,
-             params.numel(), pg.size(), ctx.device.str(), config.dtype, total_steps, global_batch, steps_per_epoch);
+    log_info("training {} ({} parameters) on {} x {} in {}: {} steps of {} {}, {} per epoch", config.model,
+             params.numel(), pg.size(), ctx.device.str(), config.dtype, total_steps, global_batch, task.unit(),
+             steps_per_epoch);
 
   std::unique_ptr<parallel::Reducer> reducer;
   bool sync_grads = false;  // false on micro-steps that only accumulate (no_sync)
@@ -231,7 +168,6 @@ TrainSummary train_classifier(const TrainConfig& config, Module& model, Paramete
     trace = std::make_unique<TraceWriter>(pg.rank());
     ctx.trace = trace.get();
   }
-  BatchBuffers batch(config.batch_size, train.features(), ctx);
   CrossEntropyLoss loss_fn;
   GradClipper clipper(ctx.device);
   TrainSummary summary;
@@ -240,13 +176,15 @@ TrainSummary train_classifier(const TrainConfig& config, Module& model, Paramete
   double interval_comm_ms = 0, interval_exposed_ms = 0;
 
   auto evaluate = [&](int64_t step) {
-    summary.test_accuracy = evaluate_accuracy(model, test, 1000, ctx);
-    metrics.write({{"step", step}, {"epoch", (step - 1) / steps_per_epoch}, {"test_accuracy", summary.test_accuracy}});
-    if (leader) log_info("step {}: test accuracy {:.4f}", step, summary.test_accuracy);
+    summary.eval = task.evaluate(model, ctx, pg);
+    nlohmann::json record = {{"step", step}, {"epoch", (step - 1) / steps_per_epoch}};
+    record.update(summary.eval);
+    metrics.write(record);
+    if (leader) log_info("step {}: {}", step, summary.eval.dump());
   };
   auto checkpoint = [&](int64_t step) {
     ctx.stream.synchronize();
-    CheckpointData data{step, model_tensors(params, optimizer), {}, nlohmann::json::object()};
+    CheckpointData data{step, model_tensors(params, optimizer), {}, nlohmann::json::object(), outputs.checkpoint_files};
     for (auto& [name, t] : optimizer.state()) data.optimizer.push_back({name, t});
     data.info = {{"config", to_toml(config)}, {"optimizer_steps", optimizer.steps_taken()},
                  {"data_cursor", {{"next_step", step}}}, {"seed", config.seed}, {"world_size", pg.size()}};
@@ -264,16 +202,14 @@ TrainSummary train_classifier(const TrainConfig& config, Module& model, Paramete
     double local_loss = 0;  // mean over this rank's micro-batches, when logging
     params.zero_grads(ctx.stream);
     for (int64_t micro = 0; micro < accum; micro++) {
-      int64_t index = step * accum + micro;
-      std::vector<int64_t> indices = sampler.batch(index);
-      batch.load(train, indices.data(), config.batch_size, ctx);
+      task.load(step * accum + micro, ctx);
       ctx.rng_offset = static_cast<uint64_t>(step) << 32;  // each step's own Philox counters
       ctx.batch_slot = micro * pg.size() + pg.rank();
       ctx.batch_slots = accum * pg.size();
       sync_grads = reducer && micro == accum - 1;
       if (sync_grads) reducer->prepare();
-      Tensor logits = model.forward(batch.x, ctx);
-      loss_fn.forward(logits, batch.y, ctx);
+      Tensor logits = model.forward(task.inputs(), ctx);
+      loss_fn.forward(logits.reshape(rows_by_last(logits)), task.targets(), ctx);
       model.backward(loss_fn.backward(ctx, 1.f / static_cast<float>(accum)), ctx);
       if (log_now) local_loss += loss_fn.mean(ctx) / static_cast<double>(accum);
     }
@@ -293,12 +229,12 @@ TrainSummary train_classifier(const TrainConfig& config, Module& model, Paramete
       summary.final_loss = pg.comm ? parallel::mean_over_ranks(local_loss, ctx.device, *pg.comm, timeout) : local_loss;
       double elapsed = seconds_since(interval_start);
       double step_ms = 1000.0 * elapsed / interval_steps;
-      double samples_per_s = interval_steps * global_batch / elapsed;
+      double units_per_s = interval_steps * global_batch / elapsed;
       nlohmann::json record = {{"step", done},
                                {"epoch", step / steps_per_epoch},
                                {"loss", summary.final_loss},
                                {"lr", lr},
-                               {"samples_per_s", samples_per_s},
+                               {fmt::format("{}_per_s", task.unit()), units_per_s},
                                {"step_ms", step_ms},
                                {"world_size", pg.size()},
                                {"comm_ms", interval_comm_ms / interval_steps},
@@ -307,8 +243,8 @@ TrainSummary train_classifier(const TrainConfig& config, Module& model, Paramete
       metrics.write(record);
       if (outputs.progress && leader) {
         double eta = seconds_since(run_start) / (done - resume.step) * (total_steps - done);
-        log_info("step {:>6}/{} | epoch {} | loss {:.4f} | lr {:.2e} | {:.0f} samples/s | {:.2f} ms/step | ETA {}",
-                 done, total_steps, step / steps_per_epoch, summary.final_loss, lr, samples_per_s, step_ms,
+        log_info("step {:>6}/{} | epoch {} | loss {:.4f} | lr {:.2e} | {:.0f} {}/s | {:.2f} ms/step | ETA {}",
+                 done, total_steps, step / steps_per_epoch, summary.final_loss, lr, units_per_s, task.unit(), step_ms,
                  format_duration(eta));
       }
       interval_start = Clock::now();
@@ -327,6 +263,17 @@ TrainSummary train_classifier(const TrainConfig& config, Module& model, Paramete
   summary.seconds = seconds_since(run_start);
   if (trace) trace->write(rank_path(outputs.trace_out, pg.rank()));
   return summary;
+}
+
+}  // namespace tandem
+
+namespace tandem {
+
+TrainSummary train_classifier(const TrainConfig& config, Module& model, ParameterSet& params,
+                              const ImageDataset& train, const ImageDataset& test, const TrainOutputs& outputs,
+                              const parallel::ProcessGroup& pg) {
+  ClassifierTask task(train, test, config.batch_size, static_cast<uint64_t>(config.seed), pg);
+  return tandem::train(config, model, params, task, outputs, pg);
 }
 
 }  // namespace tandem

@@ -1,6 +1,7 @@
 // The tandem command line: one binary, one subcommand per job.
 //   tandem train --config FILE.toml [--set key=value ...] [--metrics-out F] [--ckpt-dir D]
 //   tandem bench kernels [--json OUT.json] [--device cpu|cuda]
+//   tandem data tokenize|inspect ...
 // User errors print one line and exit 2; internal errors exit 1.
 #include <CLI/CLI.hpp>
 #include <cstdio>
@@ -18,6 +19,9 @@ int main(int argc, char** argv) {
   tandem::tools::add_bench_command(app);
   tandem::tools::add_launch_command(app);
   tandem::tools::add_ckpt_command(app);
+  tandem::tools::add_data_command(app);
+  tandem::tools::add_eval_command(app);
+  tandem::tools::add_generate_command(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -6,8 +6,10 @@
 #include <memory>
 
 #include "collectives/watchdog.h"
+#include "models/gpt2/hf_checkpoint.h"
 #include "models/mlp/mlp.h"
 #include "runtime/core/log.h"
+#include "runtime/lm_task.h"
 #include "runtime/trainer.h"
 #include "tools/commands.h"
 
@@ -53,33 +55,68 @@ std::string default_resume() {
   return restarts && std::atoi(restarts) > 0 ? "auto" : "none";
 }
 
-void run_train(const TrainArgs& args) {
-  TrainConfig config = load_train_config(args.config, args.overrides);
-  if (config.model != "mlp")
-    throw UserError(fmt::format("model '{}' in {} is not known (available: mlp)", config.model, args.config));
+TrainOutputs train_outputs(const TrainArgs& args) {
+  return {.metrics_out = args.metrics_out,
+          .ckpt_dir = args.ckpt_dir,
+          .progress = true,
+          .trace_out = args.trace_out,
+          .resume = args.resume.empty() ? default_resume() : args.resume,
+          .keep = args.keep};
+}
+
+// Rank 0 prints one JSON line: steps, final_loss, the last evaluation, seconds.
+void print_summary(const TrainSummary& s) {
+  nlohmann::json summary = {{"steps", s.steps}, {"final_loss", s.final_loss}};
+  summary.update(s.eval);
+  summary["seconds"] = s.seconds;
+  fmt::print("{}\n", summary.dump());
+}
+
+TrainSummary train_mlp(const TrainConfig& config, const TrainArgs& args, const parallel::ProcessGroup& pg) {
   if (config.data != "fashion-mnist")
     throw UserError(fmt::format("data '{}' in {} is not known for the mlp (available: fashion-mnist)", config.data,
                                 args.config));
   ImageDataset train = load_fashion_mnist(config.data_dir, /*train=*/true);
   ImageDataset test = load_fashion_mnist(config.data_dir, /*train=*/false);
   log_info("loaded Fashion-MNIST from {}: {} train, {} test images", config.data_dir, train.count, test.count);
-
   models::MlpOptions options = models::parse_mlp_options(config.model_options, train.features(), 10, args.config);
   models::Mlp mlp(options);
+  return train_classifier(config, mlp.net, mlp.params, train, test, train_outputs(args), pg);
+}
+
+TrainSummary train_gpt2(const TrainConfig& config, const TrainArgs& args, const parallel::ProcessGroup& pg) {
+  if (config.data != "tokens")
+    throw UserError(fmt::format("data '{}' in {} is not known for gpt2 (available: tokens)", config.data, args.config));
+  if (config.train_data.empty())
+    throw UserError(fmt::format("{} sets no train_data (token files, e.g. \"data/fortunes_train.bin\", made by "
+                                "`tandem data tokenize`)",
+                                args.config));
+  // init_from: a Hugging Face directory's architecture and weights; else the [gpt2] table and the seed.
+  models::Gpt2Config arch = config.init_from.empty()
+                                ? models::parse_gpt2_config(config.model_options, args.config)
+                                : models::read_hf_config(config.init_from);
+  if (config.seq_len > arch.n_positions)
+    throw UserError(fmt::format("seq_len {} exceeds the model's n_positions {}", config.seq_len, arch.n_positions));
+  models::Gpt2 gpt2(arch);
+  if (!config.init_from.empty()) {
+    gpt2.params.set_initial_values(models::read_hf_weights(config.init_from, gpt2.params));
+    log_info("starting from the weights in {}", config.init_from);
+  }
+  LanguageModelTask task(config, pg);
+  TrainOutputs outputs = train_outputs(args);
+  outputs.checkpoint_files["config.json"] = models::to_hf_config(arch).dump(2) + "\n";
+  return train(config, gpt2, gpt2.params, task, outputs, pg);
+}
+
+void run_train(const TrainArgs& args) {
+  TrainConfig config = load_train_config(args.config, args.overrides);
+  if (config.model != "mlp" && config.model != "gpt2")
+    throw UserError(fmt::format("model '{}' in {} is not known (available: mlp, gpt2)", config.model, args.config));
   auto timeout = collectives::Millis(static_cast<int64_t>(config.comm_timeout * 1000));
   WatchdogGuard watchdog;
   parallel::ProcessGroup pg = parallel::init_process_group(config.backend, resolve_device(config.device), timeout);
-  TrainSummary s = train_classifier(config, mlp.net, mlp.params, train, test,
-                                    {.metrics_out = args.metrics_out,
-                                     .ckpt_dir = args.ckpt_dir,
-                                     .progress = true,
-                                     .trace_out = args.trace_out,
-                                     .resume = args.resume.empty() ? default_resume() : args.resume,
-                                     .keep = args.keep},
-                                    pg);
-  if (pg.rank() != 0) return;  // rank 0 prints the summary
-  fmt::print("{{\"steps\": {}, \"final_loss\": {:.6f}, \"test_accuracy\": {:.4f}, \"seconds\": {:.1f}}}\n", s.steps,
-             s.final_loss, s.test_accuracy, s.seconds);
+  TrainSummary s = config.model == "mlp" ? train_mlp(config, args, pg) : train_gpt2(config, args, pg);
+  if (pg.rank() == 0) print_summary(s);
 }
 
 }  // namespace

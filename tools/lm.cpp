@@ -1,0 +1,166 @@
+// tandem eval:     the mean next-token loss of a GPT-2 checkpoint on a token file.
+// tandem generate: text sampled from a byte-level GPT-2 checkpoint.
+// --checkpoint takes a Hugging Face directory (config.json +
+// model.safetensors: one of tandem's step directories, or transformers'
+// save_pretrained output) or a checkpoint directory, whose newest valid
+// step is used.
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <memory>
+
+#include "models/gpt2/hf_checkpoint.h"
+#include "runtime/byte_tokenizer.h"
+#include "runtime/core/philox.h"
+#include "runtime/lm_task.h"
+#include "runtime/resume.h"
+#include "tools/commands.h"
+
+namespace tandem::tools {
+
+namespace {
+
+namespace fs = std::filesystem;
+
+struct ModelArgs {
+  std::string checkpoint;
+  std::string device = "cpu";
+  std::string dtype = "f32";
+};
+
+void add_model_options(CLI::App* cmd, ModelArgs& args) {
+  cmd->add_option("--checkpoint", args.checkpoint, "A GPT-2 directory (config.json + model.safetensors) or a "
+                                                    "checkpoint directory (its newest valid step)")
+      ->required();
+  cmd->add_option("--device", args.device, "cpu, cuda, cuda:N or auto (default cpu)");
+  cmd->add_option("--dtype", args.dtype, "f32, or bf16 on CUDA (default f32)");
+}
+
+std::string model_dir(const std::string& dir) {
+  if (fs::exists(fs::path(dir) / "config.json")) return dir;
+  std::optional<std::string> newest = newest_valid_checkpoint(dir);
+  if (!newest) throw UserError(fmt::format("{} holds neither config.json nor a valid step_* checkpoint", dir));
+  return *newest;
+}
+
+// The model and the context it computes in (evaluation mode).
+struct Loaded {
+  std::unique_ptr<models::Gpt2> model;
+  Context ctx;
+};
+
+Loaded load(const ModelArgs& args) {
+  Loaded l;
+  l.ctx.device = resolve_device(args.device);
+  l.ctx.dtype = parse_dtype(args.dtype);
+  if (l.ctx.device.is_cuda()) {
+    require_cuda("--device cuda");
+    set_current_device(l.ctx.device);
+  } else if (l.ctx.dtype != DType::f32) {
+    throw UserError("--dtype bf16 needs --device cuda; the CPU path computes in f32");
+  }
+  l.ctx.stream = Stream::create(l.ctx.device);
+  l.ctx.training = false;
+  l.model = models::load_gpt2(model_dir(args.checkpoint), l.ctx.device, l.ctx.dtype);
+  return l;
+}
+
+struct EvalArgs : ModelArgs {
+  std::string data;
+  int64_t batch_size = 4, seq_len = 0, batches = 0;
+};
+
+void run_eval(const EvalArgs& args) {
+  Loaded l = load(args);
+  int64_t T = args.seq_len > 0 ? args.seq_len : l.model->config().n_positions;
+  if (T > l.model->config().n_positions)
+    throw UserError(fmt::format("--seq-len {} exceeds the model's n_positions {}", T, l.model->config().n_positions));
+  TokenLoader loader(expand_token_shards(args.data), {.batch_size = args.batch_size, .seq_len = T});
+  int64_t batches = args.batches > 0 ? std::min(args.batches, loader.num_batches()) : loader.num_batches();
+  double loss = mean_token_loss(*l.model, loader, batches, l.ctx);
+  nlohmann::json out = {{"loss", loss}, {"batches", batches}, {"batch_size", args.batch_size}, {"seq_len", T},
+                        {"tokens", batches * args.batch_size * T}};
+  fmt::print("{}\n", out.dump());
+}
+
+struct GenerateArgs : ModelArgs {
+  std::string prompt;
+  int64_t tokens = 200;
+  double temperature = 1.0;
+  uint64_t seed = 0;
+};
+
+// A token drawn from softmax(logits / temperature) with the uniform `u`;
+// the most likely one at temperature 0.
+int32_t sample(const std::vector<float>& logits, double temperature, float u) {
+  if (temperature <= 0) return static_cast<int32_t>(std::max_element(logits.begin(), logits.end()) - logits.begin());
+  float top = *std::max_element(logits.begin(), logits.end());
+  std::vector<double> p(logits.size());
+  double total = 0;
+  for (size_t i = 0; i < logits.size(); i++) total += p[i] = std::exp((logits[i] - top) / temperature);
+  double target = u * total, sum = 0;
+  for (size_t i = 0; i < p.size(); i++)
+    if ((sum += p[i]) > target) return static_cast<int32_t>(i);
+  return static_cast<int32_t>(p.size() - 1);
+}
+
+void run_generate(const GenerateArgs& args) {
+  Loaded l = load(args);
+  const models::Gpt2Config& c = l.model->config();
+  if (c.vocab_size != kByteVocabSize)
+    throw UserError(fmt::format("generate reads and writes bytes: the model's vocab_size must be {}, it is {} "
+                                "(a GPT-2 BPE model needs its tokenizer)",
+                                kByteVocabSize, c.vocab_size));
+  std::vector<uint16_t> prompt = byte_encode(args.prompt.empty() ? "\n" : args.prompt);
+  std::vector<int32_t> context(prompt.begin(), prompt.end());
+  fmt::print("{}", args.prompt);
+  std::fflush(stdout);
+  for (int64_t i = 0; i < args.tokens; i++) {
+    // The window of the last n_positions tokens; no key/value cache: the
+    // byte models this serves are small.
+    int64_t T = std::min<int64_t>(static_cast<int64_t>(context.size()), c.n_positions);
+    Tensor tokens = Tensor::empty({1, T}, DType::i32, Device::cpu());
+    std::copy(context.end() - T, context.end(), tokens.data_as<int32_t>());
+    if (l.ctx.device.is_cuda()) tokens = tokens.to(l.ctx.device);
+    Tensor logits = l.model->forward(tokens, l.ctx);
+    l.ctx.stream.synchronize();
+    std::vector<float> last = logits.reshape({T, c.vocab_size}).slice_rows(T - 1, T).to_vector();
+    int32_t next = sample(last, args.temperature, philox_uniform(args.seed, static_cast<uint64_t>(i)));
+    context.push_back(next);
+    fmt::print("{}", static_cast<char>(next));
+    std::fflush(stdout);
+  }
+  fmt::print("\n");
+}
+
+}  // namespace
+
+void add_eval_command(CLI::App& app) {
+  auto args = std::make_shared<EvalArgs>();
+  CLI::App* cmd = app.add_subcommand("eval", "Mean next-token loss of a GPT-2 checkpoint on token files");
+  add_model_options(cmd, *args);
+  cmd->add_option("--data", args->data, "llm.c token file(s), a glob pattern: data/fortunes_val.bin")->required();
+  cmd->add_option("--batch-size", args->batch_size, "Sequences per batch (default 4)")->check(CLI::PositiveNumber);
+  cmd->add_option("--seq-len", args->seq_len, "Tokens per sequence (default: the model's n_positions)")
+      ->check(CLI::PositiveNumber);
+  cmd->add_option("--batches", args->batches, "Batches to evaluate (default: the whole file)")
+      ->check(CLI::PositiveNumber);
+  cmd->callback([args] { run_eval(*args); });
+}
+
+void add_generate_command(CLI::App& app) {
+  auto args = std::make_shared<GenerateArgs>();
+  CLI::App* cmd = app.add_subcommand("generate", "Sample text from a byte-level GPT-2 checkpoint");
+  add_model_options(cmd, *args);
+  cmd->add_option("--prompt", args->prompt, "Text to continue (default: a newline)");
+  cmd->add_option("--tokens", args->tokens, "Tokens (bytes) to generate (default 200)")->check(CLI::NonNegativeNumber);
+  cmd->add_option("--temperature", args->temperature, "Softmax temperature; 0 picks the most likely (default 1)")
+      ->check(CLI::NonNegativeNumber);
+  cmd->add_option("--seed", args->seed, "Sampling seed (default 0)");
+  cmd->callback([args] { run_generate(*args); });
+}
+
+}  // namespace tandem::tools
