@@ -1,4 +1,5 @@
 // tandem bench kernels [--device cpu|cuda] [--json OUT] [--compare BASELINE]
+// tandem bench collectives | overlap | model: see each subcommand's --help
 #include <fmt/format.h>
 
 #include <fstream>
@@ -6,6 +7,7 @@
 
 #include "bench/bench_collectives.h"
 #include "bench/bench_kernels.h"
+#include "bench/bench_model.h"
 #include "bench/bench_overlap.h"
 #include "runtime/parallel/process_group.h"
 #include "runtime/core/error.h"
@@ -112,6 +114,19 @@ void add_bench_command(CLI::App& app) {
   ovl->add_option("--bucket-mb", oargs->bucket_mb, "DDP bucket cap (default: one layer per bucket)");
   ovl->add_option("--json", *ojson, "Write the results as JSON (rank 0)");
   ovl->callback([oargs, ojson] { bench::run_overlap_command(*oargs, *ojson); });
+
+  auto margs = std::make_shared<bench::ModelBenchOptions>();
+  auto mjson = std::make_shared<std::string>();
+  CLI::App* model = bench->add_subcommand("model", "GPT-2 training steps: step time, tokens/s, model TFLOP/s, MFU");
+  model->add_option("--model", margs->model, "gpt2-124m, gpt2-350m or gpt2-tiny (default gpt2-124m)");
+  model->add_option("--batch-size", margs->batch_size, "Sequences per step (default 8 on GPU, 4 on CPU)");
+  model->add_option("--seq-len", margs->seq_len, "Tokens per sequence (default n_positions on GPU, <= 128 on CPU)");
+  model->add_option("--steps", margs->steps, "Timed steps (default 20)");
+  model->add_option("--warmup", margs->warmup, "Untimed steps first (default 5)");
+  model->add_option("--device", margs->device, "cpu, cuda, cuda:N or auto (default auto)");
+  model->add_option("--dtype", margs->dtype, "f32 or bf16 (default bf16 on GPU, f32 on CPU)");
+  model->add_option("--json", *mjson, "Write the results as one JSON object");
+  model->callback([margs, mjson] { bench::run_model_command(*margs, *mjson); });
 }
 
 }  // namespace tandem::tools

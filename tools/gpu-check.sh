@@ -3,11 +3,13 @@
 # copied here with tools/bundle.sh), run every GPU test (kernels against
 # their CPU twins, NCCL with world size 1, the simulated network), the DDP
 # overlap benchmark on the simulated network, NCCL collectives on one GPU,
-# and the kernel benchmarks, and print the kernel table last.
+# the kernel benchmarks and GPT-2 124M training steps (beside the same steps
+# in PyTorch when torch is installed), and print the kernel table last.
 #   tools/gpu-check.sh            build into build-gpu/ here, then check
 #   tools/gpu-check.sh DIR        use the existing build in DIR
-# Writes DIR/gpu-tests.log, DIR/bench-overlap.json, DIR/bench-nccl.json and
-# DIR/bench-kernels.json.
+# Writes DIR/gpu-tests.log, DIR/bench-overlap.json, DIR/bench-nccl.json,
+# DIR/bench-kernels.json, DIR/bench-model.json and, with torch,
+# DIR/bench-model-pytorch.json.
 set -uo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -45,6 +47,33 @@ echo "== kernel benchmarks"
 "$build/tandem" bench kernels --device cuda --json "$build/bench-kernels.json" > "$build/bench-kernels.txt" 2>&1
 rc=$?
 [ "$rc" -ne 0 ] && { echo "gpu-check: FAILED: bench kernels (exit $rc)"; status=1; }
+
+# About a minute: 13 steps of B=8 x T=1024 tokens, and on the PyTorch side
+# torch.compile's first compilation. The PyTorch side is a comparison, not
+# a check of tandem: its failure is reported, not counted.
+echo "== GPT-2 124M training steps (bf16, B=8, T=1024, AdamW)"
+rm -f "$build/bench-model.json" "$build/bench-model-pytorch.json"
+"$build/tandem" bench model --model gpt2-124m --device cuda --batch-size 8 --seq-len 1024 --steps 10 --warmup 3 \
+  --json "$build/bench-model.json" 2>&1 | tail -n 10
+[ "${PIPESTATUS[0]}" -ne 0 ] && { echo "gpu-check: FAILED: bench model"; status=1; }
+if python3 -c 'import torch' 2>/dev/null; then
+  echo "== the same steps in PyTorch (bench/pytorch/gpt2.py, torch.compile, bf16 autocast, fused AdamW)"
+  python3 bench/pytorch/gpt2.py --model gpt2-124m --device cuda --batch-size 8 --seq-len 1024 --steps 10 --warmup 3 \
+    --json "$build/bench-model-pytorch.json" 2>&1 | tail -n 3
+  if [ "${PIPESTATUS[0]}" -eq 0 ] && [ -s "$build/bench-model.json" ]; then
+    python3 - "$build/bench-model.json" "$build/bench-model-pytorch.json" <<'EOF'
+import json, sys
+t, p = (json.load(open(f)) for f in sys.argv[1:3])
+ratio = t["tokens_per_s"] / p["tokens_per_s"]
+print(f"tokens/s: tandem {t['tokens_per_s']:.0f} (MFU {100 * t['mfu']:.1f} %), "
+      f"PyTorch {p['tokens_per_s']:.0f} (MFU {100 * p['mfu']:.1f} %): tandem / PyTorch = {ratio:.2f}")
+EOF
+  else
+    echo "gpu-check: WARNING: no tandem / PyTorch ratio (see the output above)"
+  fi
+else
+  echo "== PyTorch is not installed here: no side-by-side GPT-2 figure"
+fi
 echo "== GPU tests: $(tail -n 2 "$build/gpu-tests.log" | tr '\n' ' ')"
 cat "$build/bench-kernels.txt"
 exit $status

@@ -19,15 +19,6 @@ namespace fs = std::filesystem;
 
 namespace {
 
-// `tandem ARGS`, stdout and stderr together.
-ShellResult run(const std::string& args) { return run_shell(tandem_binary() + " " + args + " 2>&1"); }
-
-fs::path temp_dir(const std::string& name) {
-  fs::path p = fs::temp_directory_path() / fmt::format("tandem_e2e_{}_{}", name, fresh_seed());
-  fs::create_directories(p);
-  return p;
-}
-
 void write_bytes(const fs::path& p, const std::string& bytes) {
   std::ofstream out(p, std::ios::binary);
   out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
@@ -52,7 +43,7 @@ TEST_CASE("tandem data tokenize writes train and val token files of the input by
   write_bytes(dir / "a.txt", a);
   write_bytes(dir / "b.bin", b);
   std::string prefix = (dir / "out" / "sub" / "text").string();  // parents are created
-  ShellResult r = run(fmt::format("data tokenize --input {} --input {} --out-prefix {} --val-fraction 0.25",
+  ShellResult r = run_tandem(fmt::format("data tokenize --input {} --input {} --out-prefix {} --val-fraction 0.25",
                                   (dir / "a.txt").string(), (dir / "b.bin").string(), prefix));
   INFO(r.output);
   REQUIRE(r.exit_code == 0);
@@ -71,7 +62,7 @@ TEST_CASE("tandem data tokenize writes train and val token files of the input by
                                          "-> {}_val.bin",
                                          total, total - val, prefix, val, prefix)));
 
-  ShellResult ins = run("data inspect " + prefix + "_train.bin --tokens 9");
+  ShellResult ins = run_tandem("data inspect " + prefix + "_train.bin --tokens 9");
   INFO(ins.output);
   REQUIRE(ins.exit_code == 0);
   REQUIRE(contains(ins.output, fmt::format("magic 20240520, version 1, {} tokens", total - val)));
@@ -102,7 +93,7 @@ TEST_CASE("tandem data: bad arguments and files get one clear line and exit code
       {"data inspect " + (dir / "missing.bin").string(), "missing.bin not found"},
   };
   for (const Case& c : cases) {
-    ShellResult r = run(c.args);
+    ShellResult r = run_tandem(c.args);
     INFO(c.args << "\n" << r.output);
     REQUIRE(r.exit_code == 2);
     REQUIRE(contains(r.output, "tandem: error:"));
@@ -123,7 +114,7 @@ TEST_CASE("fortune files become plain text split at a fortune boundary", "[e2e][
   write_bytes(corpus / "off" / "c", "offensive\n%\n");                  // skipped
   std::string prefix = (dir / "out").string();
   // 22 bytes; val 30% rounds to 7, so the split at byte 15 moves on to the start of "three".
-  ShellResult r = run("data tokenize --fortunes-dir " + corpus.string() + " --out-prefix " + prefix +
+  ShellResult r = run_tandem("data tokenize --fortunes-dir " + corpus.string() + " --out-prefix " + prefix +
                       " --val-fraction 0.3");
   INFO(r.output);
   REQUIRE(r.exit_code == 0);
@@ -140,7 +131,7 @@ TEST_CASE("tandem data tokenize reads Debian's fortunes by default", "[e2e][data
   }
   fs::path dir = temp_dir("fortunes_default");
   std::string prefix = (dir / "fortunes").string();
-  ShellResult r = run("data tokenize --out-prefix " + prefix);
+  ShellResult r = run_tandem("data tokenize --out-prefix " + prefix);
   INFO(r.output);
   REQUIRE(r.exit_code == 0);
   int64_t train = read_token_header(prefix + "_train.bin").count, val = read_token_header(prefix + "_val.bin").count;

@@ -22,8 +22,6 @@ namespace fs = std::filesystem;
 
 namespace {
 
-ShellResult run(const std::string& args) { return run_shell(tandem_binary() + " " + args + " 2>&1"); }
-
 // The last line of `output` that parses as a JSON object.
 nlohmann::json last_json(const std::string& output) {
   nlohmann::json found;
@@ -50,7 +48,7 @@ struct Workspace {
     for (int i = 0; i < 300; i++)
       text << "The quick brown fox jumps over the lazy dog. " << i << " bottles of milk on the wall.\n";
     text.close();
-    ShellResult r = run(fmt::format("data tokenize --input {} --out-prefix {} --val-fraction 0.2",
+    ShellResult r = run_tandem(fmt::format("data tokenize --input {} --out-prefix {} --val-fraction 0.2",
                                     (dir / "text.txt").string(), (dir / "text").string()));
     INFO(r.output);
     REQUIRE(r.exit_code == 0);
@@ -80,7 +78,7 @@ n_embd = 16
   ~Workspace() { fs::remove_all(dir); }
 
   std::string config() const { return (dir / "small.toml").string(); }
-  ShellResult train(const std::string& extra) const { return run("train --config " + config() + " " + extra); }
+  ShellResult train(const std::string& extra) const { return run_tandem("train --config " + config() + " " + extra); }
 };
 
 }  // namespace
@@ -140,25 +138,18 @@ TEST_CASE("tandem eval matches float64 GPT-2 computed from the checkpoint's file
   std::string ckpt = (w.dir / "ckpt").string();
   REQUIRE(w.train("--ckpt-dir " + ckpt).exit_code == 0);
   std::string val = (w.dir / "text_val.bin").string();
-  ShellResult r = run(fmt::format("eval --checkpoint {} --data {} --batch-size 2 --seq-len 16 --batches 3", ckpt, val));
+  ShellResult r = run_tandem(fmt::format("eval --checkpoint {} --data {} --batch-size 2 --seq-len 16 --batches 3", ckpt, val));
   INFO(r.output);
   REQUIRE(r.exit_code == 0);
   nlohmann::json got = last_json(r.output);
   REQUIRE(got["batches"] == 3);
 
-  // llm.c's convention: batch i reads B*T+1 tokens from offset i*B*T.
-  Gpt2Reference ref((fs::path(ckpt) / "step_00000012").string());
   std::vector<uint16_t> tokens = read_token_file(val);
-  const int64_t B = 2, T = 16;
-  double want = 0;
-  for (int64_t i = 0; i < 3; i++) {
-    std::vector<int32_t> in(tokens.begin() + i * B * T, tokens.begin() + (i + 1) * B * T);
-    std::vector<int32_t> next(tokens.begin() + i * B * T + 1, tokens.begin() + (i + 1) * B * T + 1);
-    want += ref.loss(in, next, B, T) / 3;
-  }
+  Gpt2Reference ref((fs::path(ckpt) / "step_00000012").string());
+  double want = ref.stream_loss(std::vector<int32_t>(tokens.begin(), tokens.end()), 2, 16, 3);
   REQUIRE(std::fabs(got["loss"].get<double>() - want) <= 1e-5 * want);
 
-  ShellResult bad = run(fmt::format("eval --checkpoint {} --data {}", (w.dir / "nothing").string(), val));
+  ShellResult bad = run_tandem(fmt::format("eval --checkpoint {} --data {}", (w.dir / "nothing").string(), val));
   REQUIRE(bad.exit_code != 0);
   REQUIRE(bad.output.find("neither config.json nor a valid step_* checkpoint") != std::string::npos);
 }
@@ -168,12 +159,12 @@ TEST_CASE("tandem generate continues a prompt, reproducibly for a seed", "[e2e][
   std::string ckpt = (w.dir / "ckpt").string();
   REQUIRE(w.train("--ckpt-dir " + ckpt).exit_code == 0);
   std::string args = "generate --checkpoint " + ckpt + " --prompt 'The quick' --tokens 40 --seed 3";
-  ShellResult a = run(args), b = run(args);
+  ShellResult a = run_tandem(args), b = run_tandem(args);
   INFO(a.output);
   REQUIRE(a.exit_code == 0);
   REQUIRE(a.output.find("The quick") != std::string::npos);
   REQUIRE(a.output == b.output);
-  ShellResult greedy = run("generate --checkpoint " + ckpt + " --prompt 'The' --tokens 10 --temperature 0");
+  ShellResult greedy = run_tandem("generate --checkpoint " + ckpt + " --prompt 'The' --tokens 10 --temperature 0");
   REQUIRE(greedy.exit_code == 0);
 }
 
@@ -205,7 +196,7 @@ TEST_CASE("transformers' GPT2LMHeadModel loads a tandem checkpoint and agrees wi
   std::string ckpt = (w.dir / "ckpt").string();
   REQUIRE(w.train("--ckpt-dir " + ckpt).exit_code == 0);
   std::string args = fmt::format("--data {} --batch-size 2 --seq-len 16 --batches 3", (w.dir / "text_val.bin").string());
-  ShellResult ours = run("eval --checkpoint " + ckpt + " " + args);
+  ShellResult ours = run_tandem("eval --checkpoint " + ckpt + " " + args);
   const char* src = std::getenv("TANDEM_SOURCE_DIR");
   REQUIRE(src != nullptr);
   ShellResult theirs = run_shell(fmt::format("{} {}/bench/pytorch/hf_eval.py --checkpoint {}/step_00000012 {} 2>&1",

@@ -22,9 +22,6 @@ namespace {
 
 using Run = ShellResult;
 
-// `tandem ARGS`, stdout and stderr together.
-Run run(const std::string& args) { return run_shell(tandem_binary() + " " + args + " 2>&1"); }
-
 std::string source_path(const std::string& rel) {
   const char* src = std::getenv("TANDEM_SOURCE_DIR");
   REQUIRE(src != nullptr);
@@ -42,7 +39,7 @@ TEST_CASE("tandem train runs, logs JSON metrics and writes a checkpoint", "[e2e]
   }
   fs::path dir = fs::temp_directory_path() / fmt::format("tandem_e2e_{}", fresh_seed());
   std::string metrics = (dir / "metrics.jsonl").string();
-  Run r = run("train --config " + source_path("models/mlp/fashion.toml") +
+  Run r = run_tandem("train --config " + source_path("models/mlp/fashion.toml") +
               " --set max_steps=60 --set log_every=20 --set eval_every=60 --set mlp.hidden=[64]" +
               " --metrics-out " + metrics + " --ckpt-dir " + (dir / "ckpt").string());
   INFO(r.output);
@@ -78,8 +75,8 @@ TEST_CASE("two runs with the same seed end with identical weights", "[e2e]") {
   fs::path dir = fs::temp_directory_path() / fmt::format("tandem_det_{}", fresh_seed());
   std::string common = "train --config " + source_path("models/mlp/fashion.toml") +
                        " --set max_steps=15 --set eval_every=1000 --set mlp.hidden=[32] --ckpt-dir ";
-  REQUIRE(run(common + (dir / "a").string()).exit_code == 0);
-  REQUIRE(run(common + (dir / "b").string()).exit_code == 0);
+  REQUIRE(run_tandem(common + (dir / "a").string()).exit_code == 0);
+  REQUIRE(run_tandem(common + (dir / "b").string()).exit_code == 0);
   auto a = read_safetensors((dir / "a" / "step_00000015" / "model.safetensors").string());
   auto b = read_safetensors((dir / "b" / "step_00000015" / "model.safetensors").string());
   for (auto& [name, t] : a.tensors) REQUIRE(t.to_vector() == b.tensors.at(name).to_vector());
@@ -101,20 +98,20 @@ TEST_CASE("bad input gets one clear line and exit code 2", "[e2e]") {
       {"train --config " + cfg + " --set dtype=bf16", "needs device"},
   };
   for (const Case& c : cases) {
-    Run r = run(c.args);
+    Run r = run_tandem(c.args);
     INFO(c.args << "\n" << r.output);
     REQUIRE(r.exit_code == 2);
     REQUIRE(r.output.find(c.needle) != std::string::npos);
     REQUIRE(r.output.find("tandem: error:") != std::string::npos);
   }
-  Run missing = run("train --config /nonexistent.toml");
+  Run missing = run_tandem("train --config /nonexistent.toml");
   REQUIRE(missing.exit_code != 0);
   REQUIRE(missing.output.find("nonexistent.toml") != std::string::npos);
 }
 
 TEST_CASE("tandem bench kernels runs on the CPU and writes its JSON", "[e2e]") {
   fs::path out = fs::temp_directory_path() / fmt::format("tandem_bench_{}.json", fresh_seed());
-  Run r = run("bench kernels --device cpu --json " + out.string());
+  Run r = run_tandem("bench kernels --device cpu --json " + out.string());
   INFO(r.output);
   REQUIRE(r.exit_code == 0);
   REQUIRE(r.output.find("% peak") != std::string::npos);
@@ -135,24 +132,24 @@ TEST_CASE("tandem ckpt verify and inspect name what they find", "[e2e][ckpt]") {
     return;
   }
   fs::path dir = fs::temp_directory_path() / fmt::format("tandem_ckpt_cli_{}", fresh_seed());
-  REQUIRE(run("train --config " + source_path("models/mlp/fashion.toml") +
+  REQUIRE(run_tandem("train --config " + source_path("models/mlp/fashion.toml") +
               " --set max_steps=4 --set eval_every=1000 --set mlp.hidden=[16] --ckpt-dir " + dir.string())
               .exit_code == 0);
-  Run ok = run("ckpt verify " + dir.string());
+  Run ok = run_tandem("ckpt verify " + dir.string());
   INFO(ok.output);
   REQUIRE(ok.exit_code == 0);
   REQUIRE(ok.output.find("ok") != std::string::npos);
-  Run inspect = run("ckpt inspect " + (dir / "step_00000004").string());
+  Run inspect = run_tandem("ckpt inspect " + (dir / "step_00000004").string());
   REQUIRE(inspect.exit_code == 0);
   REQUIRE(inspect.output.find("layers.0.weight") != std::string::npos);
   REQUIRE(inspect.output.find("[16, 784]") != std::string::npos);
   REQUIRE(inspect.output.find("exp_avg") != std::string::npos);
 
   fs::resize_file(dir / "step_00000004" / "optimizer.safetensors", 100);
-  Run bad = run("ckpt verify " + dir.string());
+  Run bad = run_tandem("ckpt verify " + dir.string());
   REQUIRE(bad.exit_code == 2);
   REQUIRE(bad.output.find("optimizer.safetensors") != std::string::npos);
-  REQUIRE(run("ckpt verify /nonexistent").exit_code == 2);
+  REQUIRE(run_tandem("ckpt verify /nonexistent").exit_code == 2);
   fs::remove_all(dir);
 }
 
@@ -164,11 +161,15 @@ TEST_CASE("a run killed with SIGKILL and resumed ends bitwise identical", "[e2e]
   fs::path dir = fs::temp_directory_path() / fmt::format("tandem_kill_{}", fresh_seed());
   std::string args = "train --config " + source_path("models/mlp/fashion.toml") +
                      " --set max_steps=2000 --set ckpt_every=100 --set eval_every=100000 --set mlp.hidden=[64] --ckpt-dir ";
-  REQUIRE(run(args + (dir / "whole").string()).exit_code == 0);
-  // Killed somewhere in the middle (when exactly does not matter: any
-  // point must resume to the same weights).
-  run_shell("timeout -s KILL 1.5 " + tandem_binary() + " " + args + (dir / "killed").string() + " >/dev/null 2>&1");
-  Run resumed = run(args + (dir / "killed").string() + " --resume auto");
+  REQUIRE(run_tandem(args + (dir / "whole").string()).exit_code == 0);
+  // Killed somewhere in the middle, once its second checkpoint exists (when
+  // exactly does not matter: any point must resume to the same weights; a
+  // fixed delay would not be the middle on a slow or busy machine).
+  fs::path killed = dir / "killed";
+  run_shell(fmt::format("{} {}{} >/dev/null 2>&1 & pid=$!; for i in $(seq 1200); do [ -d {}/step_00000200 ] && break; "
+                        "sleep 0.05; done; kill -9 $pid; wait $pid 2>/dev/null",
+                        tandem_binary(), args, killed.string(), killed.string()));
+  Run resumed = run_tandem(args + killed.string() + " --resume auto");
   INFO(resumed.output);
   REQUIRE(resumed.exit_code == 0);
   REQUIRE(resumed.output.find("resuming from") != std::string::npos);  // it was killed mid-run

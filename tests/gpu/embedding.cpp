@@ -17,25 +17,6 @@ namespace {
 using Vec = std::vector<float>;
 using Ints = std::vector<int32_t>;
 
-// How indices repeat: uniform over [0, V); "hot": about half are one index
-// (a padding or very frequent token), interleaved with the rest; "runs":
-// stretches of one index in a row (as sorted or packed data).
-enum class Spread { uniform, hot, runs };
-
-const char* spread_name(Spread s) { return s == Spread::uniform ? "uniform" : s == Spread::hot ? "hot" : "runs"; }
-
-Ints random_indices(int64_t N, int64_t V, Spread spread, uint64_t seed) {
-  std::mt19937_64 gen(seed);
-  std::uniform_int_distribution<int32_t> pick(0, static_cast<int32_t>(V - 1));
-  int32_t hot = pick(gen), run = pick(gen);
-  Ints idx(N);
-  for (int64_t n = 0; n < N; n++) {
-    if (spread == Spread::runs && n % 17 == 0) run = pick(gen);
-    idx[n] = spread == Spread::uniform ? pick(gen) : spread == Spread::hot ? (gen() % 2 ? hot : pick(gen)) : run;
-  }
-  return idx;
-}
-
 struct Case {
   int64_t N, V, C;
   Spread spread;

@@ -18,19 +18,6 @@ namespace {
 using Vec = std::vector<float>;
 using Ints = std::vector<int32_t>;
 
-// How tokens repeat: uniform over [0, V); "hot": about half are one token
-// (a padding or very frequent token), interleaved with the rest.
-enum class Spread { uniform, hot };
-
-Ints random_tokens(int64_t N, int64_t V, Spread spread, uint64_t seed) {
-  std::mt19937_64 gen(seed);
-  std::uniform_int_distribution<int32_t> pick(0, static_cast<int32_t>(V - 1));
-  int32_t hot = pick(gen);
-  Ints tok(N);
-  for (auto& i : tok) i = spread == Spread::hot && gen() % 2 ? hot : pick(gen);
-  return tok;
-}
-
 struct Case {
   int64_t B, T, maxT, V, C;
   Spread spread;
@@ -92,7 +79,7 @@ TEST_CASE("cuda encoder matches the cpu twin", "[gpu][encoder]") {
       Vec wte = draw(k.V * k.C, seed, dtype), wpe = draw(k.maxT * k.C, seed + 1, dtype),
           dout = draw(N * k.C, seed + 2, dtype), dwte0 = draw(k.V * k.C, seed + 3, dtype),
           dwpe0 = draw(k.maxT * k.C, seed + 4, dtype);
-      Ints tok = random_tokens(N, k.V, k.spread, seed + 5);
+      Ints tok = random_indices(N, k.V, k.spread, seed + 5);
 
       // Forward: one fp32 addition of the same values on both sides, rounded
       // once to the storage dtype (f32_to_bf16 rounds as the GPU does), so

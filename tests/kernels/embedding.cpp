@@ -18,19 +18,6 @@ namespace {
 using Vec = std::vector<float>;
 using Ints = std::vector<int32_t>;
 
-// Uniform indices in [0, V), or "hot": about half of them the same index,
-// as with a padding or very frequent token.
-enum class Spread { uniform, hot };
-
-Ints random_indices(int64_t N, int64_t V, Spread spread, uint64_t seed) {
-  std::mt19937_64 gen(seed);
-  std::uniform_int_distribution<int32_t> pick(0, static_cast<int32_t>(V - 1));
-  int32_t hot = pick(gen);
-  Ints idx(N);
-  for (auto& i : idx) i = spread == Spread::hot && gen() % 2 ? hot : pick(gen);
-  return idx;
-}
-
 Tensor int_tensor(const Ints& v) { return make_int_tensor(v, {static_cast<int64_t>(v.size())}); }
 
 bool same_bits(const Vec& a, const Vec& b) {

@@ -19,19 +19,6 @@ namespace {
 using Vec = std::vector<float>;
 using Ints = std::vector<int32_t>;
 
-// Uniform tokens in [0, V), or "hot": about half of them the same token, as
-// with a padding or very frequent token.
-enum class Spread { uniform, hot };
-
-Ints random_tokens(int64_t N, int64_t V, Spread spread, uint64_t seed) {
-  std::mt19937_64 gen(seed);
-  std::uniform_int_distribution<int32_t> pick(0, static_cast<int32_t>(V - 1));
-  int32_t hot = pick(gen);
-  Ints tok(N);
-  for (auto& i : tok) i = spread == Spread::hot && gen() % 2 ? hot : pick(gen);
-  return tok;
-}
-
 bool same_bits(const Vec& a, const Vec& b) {
   return a.size() == b.size() && (a.empty() || std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0);
 }
@@ -69,7 +56,7 @@ TEST_CASE("cpu encoder matches float64", "[kernels][encoder]") {
       Vec wte = random_vector(V * C, seed), wpe = random_vector(maxT * C, seed + 1),
           dout = random_vector(N * C, seed + 2), dwte0 = random_vector(V * C, seed + 3),
           dwpe0 = random_vector(maxT * C, seed + 4);
-      Ints tok = random_tokens(N, V, spread, seed + 5);
+      Ints tok = random_indices(N, V, spread, seed + 5);
       Tensor tokens = make_int_tensor(tok, {B, T});
 
       // Forward into a poisoned out: one fp32 addition per element, so
@@ -123,7 +110,7 @@ TEST_CASE("cpu encoder refuses T > maxT and bad shapes", "[kernels][encoder]") {
   const int64_t B = 3, T = 5, V = 11, C = 7;
   uint64_t seed = fresh_seed();
   INFO("seed=" << seed);
-  Ints tok = random_tokens(B * T, V, Spread::uniform, seed);
+  Ints tok = random_indices(B * T, V, Spread::uniform, seed);
   Tensor tokens = make_int_tensor(tok, {B, T});
   Tensor wte = random_tensor({V, C}, seed + 1), wpe = random_tensor({T, C}, seed + 2);
   Tensor out = Tensor::empty({B, T, C}, DType::f32, Device::cpu());
@@ -184,7 +171,7 @@ TEST_CASE("cpu encoder backward matches float64 finite differences", "[kernels][
   uint64_t seed = fresh_seed();
   INFO("seed=" << seed);
   Vec wte = random_vector(V * C, seed), wpe = random_vector(maxT * C, seed + 1), R = random_vector(B * T * C, seed + 2);
-  Ints tok = random_tokens(B * T, V, Spread::hot, seed + 3);
+  Ints tok = random_indices(B * T, V, Spread::hot, seed + 3);
   Tensor tokens = make_int_tensor(tok, {B, T});
   // sum(out * R) in float64 over the f32 forward.
   auto objective = [&]() {

@@ -24,12 +24,6 @@ namespace {
 // Small, with odd sizes: T < n_positions, V not a power of two.
 models::Gpt2Config small_config() { return {.vocab_size = 13, .n_positions = 9, .n_layer = 2, .n_head = 2, .n_embd = 10}; }
 
-fs::path temp_dir(const std::string& name) {
-  fs::path p = fs::temp_directory_path() / fmt::format("tandem_gpt2_{}_{}", name, fresh_seed());
-  fs::create_directories(p);
-  return p;
-}
-
 // Random weights far from the 0.02-scale init, so every path carries signal
 // (LayerNorm gains around 1).
 void randomize(models::Gpt2& model, uint64_t seed) {
@@ -51,13 +45,6 @@ void write_hf_dir(const models::Gpt2& model, const fs::path& dir, bool prefix = 
   }
   if (!prefix) tensors.push_back({"lm_head.weight", model.params.find("transformer.wte.weight").value});
   write_safetensors((dir / "model.safetensors").string(), tensors);
-}
-
-// n tokens drawn uniformly from [0, V).
-std::vector<int32_t> random_tokens(int64_t n, int64_t V, uint64_t seed) {
-  std::vector<int32_t> t;
-  for (float u : random_vector(n, seed, 0.f, 1.f)) t.push_back(std::min<int32_t>(static_cast<int32_t>(u * V), V - 1));
-  return t;
 }
 
 // Every parameter's values (the flat buffer's alignment padding left out).
@@ -97,7 +84,8 @@ TEST_CASE("gpt2 loss and gradients match float64 GPT-2 from the safetensors file
   Gpt2Reference ref(dir.string());
 
   const int64_t B = 2, T = 7, V = model.config().vocab_size;
-  std::vector<int32_t> inputs = random_tokens(B * T, V, seed + 1), targets = random_tokens(B * T, V, seed + 2);
+  std::vector<int32_t> inputs = random_indices(B * T, V, Spread::uniform, seed + 1);
+  std::vector<int32_t> targets = random_indices(B * T, V, Spread::uniform, seed + 2);
   double loss = model_loss(model, inputs, targets, B, T, /*backward=*/true);
   double want = ref.loss(inputs, targets, B, T);
   REQUIRE(std::fabs(loss - want) <= 1e-5 * std::max(1.0, std::fabs(want)));
@@ -136,7 +124,7 @@ TEST_CASE("gpt2 evaluation over a token file matches float64 GPT-2 (tandem eval'
   write_hf_dir(model, dir);
 
   const int64_t B = 3, T = 5, batches = 4, V = model.config().vocab_size;
-  std::vector<int32_t> stream = random_tokens(B * T * batches + 1, V, seed + 1);
+  std::vector<int32_t> stream = random_indices(B * T * batches + 1, V, Spread::uniform, seed + 1);
   write_token_file((dir / "val.bin").string(), std::vector<uint16_t>(stream.begin(), stream.end()));
 
   std::unique_ptr<models::Gpt2> loaded = models::load_gpt2(dir.string(), Device::cpu(), DType::f32);
@@ -144,14 +132,7 @@ TEST_CASE("gpt2 evaluation over a token file matches float64 GPT-2 (tandem eval'
   Context ctx = cpu_context();
   double loss = mean_token_loss(*loaded, loader, 0, ctx);
 
-  // llm.c's convention: batch i reads B*T+1 tokens from i*B*T.
-  Gpt2Reference ref(dir.string());
-  double want = 0;
-  for (int64_t i = 0; i < batches; i++) {
-    std::vector<int32_t> in(stream.begin() + i * B * T, stream.begin() + (i + 1) * B * T);
-    std::vector<int32_t> next(stream.begin() + i * B * T + 1, stream.begin() + (i + 1) * B * T + 1);
-    want += ref.loss(in, next, B, T) / batches;
-  }
+  double want = Gpt2Reference(dir.string()).stream_loss(stream, B, T, batches);
   REQUIRE(std::fabs(loss - want) <= 1e-5 * std::max(1.0, want));
   fs::remove_all(dir);
 }

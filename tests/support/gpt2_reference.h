@@ -134,6 +134,17 @@ struct Gpt2Reference {
     }
     return total / static_cast<double>(B * T);
   }
+
+  // Mean loss over `batches` batches of a token stream in llm.c's
+  // convention: batch i reads B*T+1 tokens from offset i*B*T.
+  double stream_loss(const std::vector<int32_t>& tokens, int64_t B, int64_t T, int64_t batches) const {
+    double sum = 0;
+    for (int64_t i = 0; i < batches; i++) {
+      auto first = tokens.begin() + i * B * T;
+      sum += loss({first, first + B * T}, {first + 1, first + B * T + 1}, B, T);
+    }
+    return sum / static_cast<double>(batches);
+  }
 };
 
 }  // namespace tandem::testing

@@ -48,6 +48,9 @@ inline std::string tandem_binary() {
   return binary;
 }
 
+// `tandem ARGS`, stdout and stderr together.
+inline ShellResult run_tandem(const std::string& args) { return run_shell(tandem_binary() + " " + args + " 2>&1"); }
+
 // A port nothing listens on right now (the kernel's pick).
 inline int free_port() {
   int fd = socket(AF_INET, SOCK_STREAM, 0);

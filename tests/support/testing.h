@@ -7,7 +7,9 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <filesystem>
 #include <functional>
+#include <string>
 #include <random>
 #include <vector>
 
@@ -22,6 +24,35 @@ inline const std::vector<int64_t> kOddSizes = {1, 7, 33, 1000, 1031};
 // A fresh seed per call (std::random_device), printed by Catch on failure
 // through INFO at the call site, so a failing draw can be replayed.
 inline uint64_t fresh_seed() { return (static_cast<uint64_t>(std::random_device{}()) << 32) | std::random_device{}(); }
+
+// A new empty directory under the system's temporary directory; the test removes it.
+inline std::filesystem::path temp_dir(const std::string& name) {
+  std::filesystem::path p =
+      std::filesystem::temp_directory_path() / ("tandem_test_" + name + "_" + std::to_string(fresh_seed()));
+  std::filesystem::create_directories(p);
+  return p;
+}
+
+// How indices (tokens) repeat: uniform over [0, V); "hot": about half are
+// one index (a padding or very frequent token), interleaved with the rest;
+// "runs": stretches of one index in a row (as sorted or packed data).
+enum class Spread { uniform, hot, runs };
+
+inline const char* spread_name(Spread s) {
+  return s == Spread::uniform ? "uniform" : s == Spread::hot ? "hot" : "runs";
+}
+
+inline std::vector<int32_t> random_indices(int64_t N, int64_t V, Spread spread, uint64_t seed) {
+  std::mt19937_64 gen(seed);
+  std::uniform_int_distribution<int32_t> pick(0, static_cast<int32_t>(V - 1));
+  int32_t hot = pick(gen), run = pick(gen);
+  std::vector<int32_t> idx(N);
+  for (int64_t n = 0; n < N; n++) {
+    if (spread == Spread::runs && n % 17 == 0) run = pick(gen);
+    idx[n] = spread == Spread::uniform ? pick(gen) : spread == Spread::hot ? (gen() % 2 ? hot : pick(gen)) : run;
+  }
+  return idx;
+}
 
 // Uniform values in [lo, hi) from `seed`.
 inline std::vector<float> random_vector(int64_t n, uint64_t seed, float lo = -1.f, float hi = 1.f) {

@@ -1,0 +1,72 @@
+// `tandem bench model`: the throughput of whole GPT-2 training steps, the
+// number to hold against PyTorch (bench/pytorch/gpt2.py measures the same
+// step). Each step is what `tandem train` does with AdamW and no clipping:
+// zero the gradients, forward, cross-entropy forward and backward, model
+// backward, one fused AdamW update over the flat parameter buffer. Tokens
+// are random (uniform over the vocabulary, Philox) and the weights start
+// from transformers' init, so the loss starts at about ln(vocab_size); the
+// same batch is used every step, so it falls as that batch is learned.
+//
+// Reported: mean step time over `steps` timed steps after `warmup` ones (the
+// stream is synchronized only around the timed loop; inside it a step syncs
+// only where the step itself does), tokens/s, and the model FLOP/s of
+// gpt2_flops_per_token (6N + 12 L C T, nanoGPT's accounting). On a GPU also
+// the MFU: that rate over the device's dense bf16 peak, the datasheet figure
+// when the device name is known, else the rate of a large bf16 matmul
+// measured here (as `bench kernels` measures its peak); the report says
+// which. The MFU is against the bf16 peak whatever --dtype is.
+#pragma once
+
+#include <nlohmann/json.hpp>
+#include <string>
+
+#include "models/gpt2/gpt2.h"
+
+namespace tandem::bench {
+
+struct ModelBenchOptions {
+  std::string model = "gpt2-124m";  // gpt2-124m, gpt2-350m or gpt2-tiny
+  std::string device = "auto";      // cpu, cuda, cuda:N or auto
+  std::string dtype;                // f32 or bf16; empty: bf16 on a GPU, f32 on the CPU
+  int64_t batch_size = 0;           // 0: 8 on a GPU, 4 on the CPU
+  int64_t seq_len = 0;              // 0: n_positions on a GPU, min(n_positions, 128) on the CPU
+  int steps = 20;                   // timed steps
+  int warmup = 5;                   // untimed steps first
+};
+
+struct ModelBenchReport {
+  std::string model, device, device_name, dtype;
+  models::Gpt2Config config;
+  int64_t parameters = 0, batch_size = 0, seq_len = 0;
+  int steps = 0, warmup = 0;
+  double step_ms = 0;          // mean over the timed steps
+  double tokens_per_s = 0;
+  double flops_per_token = 0;  // gpt2_flops_per_token(config, seq_len)
+  double model_tflops = 0;
+  // GPU only (0 and empty on the CPU): the dense bf16 peak and where it came
+  // from ("datasheet" or "measured"), and model_tflops / peak_tflops.
+  double peak_tflops = 0;
+  std::string peak_source;
+  double mfu = 0;
+  double loss = 0;  // mean cross-entropy of the last timed step
+};
+
+// The named sizes: gpt2-124m (GPT-2 small), gpt2-350m (GPT-2 medium) and
+// gpt2-tiny (models/gpt2/tiny.toml's [gpt2]). UserError for any other name.
+models::Gpt2Config gpt2_preset(const std::string& name);
+
+// The dense bf16 tensor-core TFLOP/s of NVIDIA's datasheet for a device
+// named `device_name` (cudaDeviceProp::name), or 0 when it is not known.
+double datasheet_bf16_tflops(const std::string& device_name);
+
+// Checks the options (UserError with the reason), fills the defaults, builds
+// the model on the device and runs the steps.
+ModelBenchReport run_model_bench(const ModelBenchOptions& options);
+
+void print_model_report(const ModelBenchReport& report);
+nlohmann::json model_json(const ModelBenchReport& report);
+
+// The CLI entry: runs, prints, writes `json_out` when given.
+void run_model_command(const ModelBenchOptions& options, const std::string& json_out);
+
+}  // namespace tandem::bench
