@@ -190,10 +190,9 @@ Tensor CrossEntropyLoss::forward(const Tensor& logits, const Tensor& targets, Co
 }
 
 Tensor CrossEntropyLoss::backward(Context& ctx, float scale) {
-  ensure_buffer(grad_logits_, logits_.shape(), logits_.dtype(), ctx.device);
   float dloss = num_valid_ > 0 ? scale / static_cast<float>(num_valid_) : 0.f;
-  kernels::softmax_cross_entropy_backward(grad_logits_, logits_, targets_, dloss, ctx.stream);
-  return grad_logits_;
+  kernels::softmax_cross_entropy_backward(logits_, logits_, targets_, dloss, ctx.stream);
+  return logits_;
 }
 
 double CrossEntropyLoss::mean(Context& ctx) {

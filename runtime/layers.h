@@ -120,13 +120,15 @@ class CrossEntropyLoss {
   // losses (N) f32; mean() reads their mean back to the host.
   Tensor forward(const Tensor& logits, const Tensor& targets, Context& ctx);
   // The gradient of `scale` times the mean loss with respect to the logits
-  // (scale = 1 / micro-steps under gradient accumulation).
+  // (scale = 1 / micro-steps under gradient accumulation), written over the
+  // logits forward() took: they are dead by then, and a second (N, C)
+  // tensor would be GPT-2's largest (N x 50257).
   Tensor backward(Context& ctx, float scale = 1.f);
   // Mean of the last forward's losses over the valid rows (synchronizes).
   double mean(Context& ctx);
 
  private:
-  Tensor logits_, targets_, losses_, grad_logits_;
+  Tensor logits_, targets_, losses_;
   Tensor total_, scratch_, targets_host_;  // made once, reused
   int64_t num_valid_ = 0;
 };

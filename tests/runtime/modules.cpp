@@ -109,10 +109,12 @@ TEST_CASE("CrossEntropyLoss backward matches finite differences", "[modules]") {
     ce.forward(logits, targets, ctx);
     return ce.mean(ctx);
   };
+  std::vector<double> num = numerical_gradient(logits, loss, 1e-2f);
   double value = loss();
   REQUIRE(std::isfinite(value));
-  std::vector<float> grad = ce.backward(ctx).to_vector();
-  std::vector<double> num = numerical_gradient(logits, loss, 1e-2f);
+  Tensor grad_tensor = ce.backward(ctx);
+  REQUIRE(grad_tensor.data() == logits.data());  // written over the logits
+  std::vector<float> grad = grad_tensor.to_vector();
   REQUIRE(rel_error(grad, num) <= kGradTol);
   for (int c = 0; c < 5; c++) REQUIRE(grad[2 * 5 + c] == 0.f);  // the ignored row
 }
