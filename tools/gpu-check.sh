@@ -43,6 +43,31 @@ echo "== NCCL collectives, world size 1"
 "$build/tandem" bench collectives --backend nccl --max-bytes 268435456 --json "$build/bench-nccl.json" 2>&1 | tail -n 5
 [ "${PIPESTATUS[0]}" -ne 0 ] && { echo "gpu-check: FAILED: bench collectives (nccl)"; status=1; }
 
+# GPT-2 end to end on the GPU (bf16): two trainings with the same seed must
+# write bitwise-identical checkpoints; tandem eval on the GPU, and, where
+# transformers is installed, GPT2LMHeadModel on the same checkpoint.
+echo "== GPT-2 tiny on the GPU: determinism, eval, transformers"
+g="$build/gpt2-check"
+rm -rf "$g" && mkdir -p "$g"
+"$build/tandem" data tokenize --input README.md --input docs/ARCHITECTURE.md --out-prefix "$g/text" >/dev/null
+gpt2_train() {
+  "$build/tandem" train --config models/gpt2/tiny.toml --set device=cuda --set dtype=bf16 --set max_steps=60 \
+    --set seq_len=64 --set train_data="$g/text_train.bin" --set val_data="$g/text_val.bin" --set eval_every=60 \
+    --ckpt-dir "$g/$1" 2>&1 | tail -n 1
+}
+gpt2_train a && gpt2_train b
+if cmp -s "$g/a/step_00000060/model.safetensors" "$g/b/step_00000060/model.safetensors"; then
+  echo "two GPU runs with the same seed: bitwise-identical checkpoints"
+else
+  echo "gpu-check: FAILED: two GPU runs with the same seed differ"; status=1
+fi
+eval_args="--data $g/text_val.bin --batch-size 4 --seq-len 64 --batches 4"
+"$build/tandem" eval --checkpoint "$g/a" --device cuda $eval_args || { echo "gpu-check: FAILED: eval on cuda"; status=1; }
+"$build/tandem" eval --checkpoint "$g/a" --device cpu $eval_args
+python3 bench/pytorch/hf_eval.py --checkpoint "$g/a/step_00000060" $eval_args
+rc=$?
+[ "$rc" -ne 0 ] && [ "$rc" -ne 77 ] && { echo "gpu-check: FAILED: transformers did not load the checkpoint"; status=1; }
+
 echo "== kernel benchmarks"
 "$build/tandem" bench kernels --device cuda --json "$build/bench-kernels.json" > "$build/bench-kernels.txt" 2>&1
 rc=$?

@@ -49,7 +49,12 @@ Gpt2Config parse_gpt2_config(const toml::table& table, const std::string& where)
 }
 
 nlohmann::json to_hf_config(const Gpt2Config& c) {
+  // GPT-2's <|endoftext|> is token 50256 of its BPE vocabulary; a byte-level
+  // model has no such token.
+  nlohmann::json end_of_text = c.vocab_size == 50257 ? nlohmann::json(50256) : nlohmann::json(nullptr);
   return {{"architectures", {"GPT2LMHeadModel"}},
+          {"bos_token_id", end_of_text},
+          {"eos_token_id", end_of_text},
           {"model_type", "gpt2"},
           {"vocab_size", c.vocab_size},
           {"n_positions", c.n_positions},
