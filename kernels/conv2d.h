@@ -1,0 +1,219 @@
+// 2-D convolution, PyTorch nn.Conv2d semantics: NCHW layout, groups = 1,
+// zero padding, optional stride and dilation. Cross-correlation, as every
+// framework computes it (the kernel is not flipped):
+//
+//   out[n,k,p,q] = bias[k] + sum over c, r, s of
+//                  weight[k,c,r,s] * inp[n, c, p*stride_h - pad_h + r*dilation_h,
+//                                           q*stride_w - pad_w + s*dilation_w]
+//
+// with inp read as zero outside (H, W). Shapes:
+//   inp (N, C, H, W), weight (K, C, R, S), bias (K), out (N, K, P, Q)
+//   P = (H + 2 pad_h - dilation_h (R - 1) - 1) / stride_h + 1, Q alike.
+//
+//   forward:          out      = conv(inp, weight) (+ bias)
+//   backward_data:    dinp     = conv^T(dout, weight)           overwritten
+//   backward_filter:  dweight += correlation of dout with inp
+//                     dbias   += sums of dout over (N, P, Q)
+// See Note [Gradient writes] in kernels/common.h.
+//
+// The CPU path (the fp32 reference) lowers each image to one GEMM through
+// im2col: the (C*R*S, P*Q) matrix whose column (p, q) holds the input window
+// under output pixel (p, q). It needs that matrix as scratch; the caller
+// allocates it once (conv2d_workspace_elems floats) and passes it to every
+// call, because kernels never allocate. A CUDA path (cuDNN) comes with
+// issue #6; until then a CUDA tensor is a UserError, and no cuda:: function
+// is declared, so nothing here needs a CUDA build to link.
+#pragma once
+
+#include <initializer_list>
+#include <string>
+
+#include "kernels/common.h"
+
+namespace tandem::kernels {
+
+// The sizes of one convolution. Everything is zero-initialized (dilation 1),
+// so a field left out fails check_conv2d_shape instead of reading garbage.
+struct Conv2dShape {
+  int64_t N = 0, C = 0, H = 0, W = 0;  // input (N, C, H, W)
+  int64_t K = 0;                        // output channels
+  int64_t R = 0, S = 0;                 // kernel height, width
+  int64_t stride_h = 0, stride_w = 0;   // >= 1
+  int64_t pad_h = 0, pad_w = 0;         // zeros on each side, >= 0
+  int64_t dilation_h = 1, dilation_w = 1;
+
+  // Output height and width; 0 when the dilated kernel does not fit in the
+  // padded input (or the stride is not positive), which the check rejects.
+  int64_t P() const { return out_size(H, R, stride_h, pad_h, dilation_h); }
+  int64_t Q() const { return out_size(W, S, stride_w, pad_w, dilation_w); }
+
+  // "N=2 C=3 H=7 W=5 K=4 R=3 S=3 stride=(1,1) pad=(1,1) dilation=(1,1)", for messages.
+  std::string str() const {
+    // Appended piece by piece: GCC 12 warns (-Wrestrict, a false positive)
+    // on "literal" + std::string temporaries.
+    std::string out;
+    auto field = [&](const char* name, int64_t v) { out.append(name).append(std::to_string(v)); };
+    auto pair = [&](const char* name, int64_t a, int64_t b) {
+      field(name, a);
+      field(",", b);
+      out.append(")");
+    };
+    field("N=", N), field(" C=", C), field(" H=", H), field(" W=", W), field(" K=", K), field(" R=", R);
+    field(" S=", S);
+    pair(" stride=(", stride_h, stride_w), pair(" pad=(", pad_h, pad_w), pair(" dilation=(", dilation_h, dilation_w);
+    return out;
+  }
+
+ private:
+  // Floor division, as PyTorch: a span that is negative (kernel larger than
+  // the padded input) gives 0 here, where C++'s truncation would give 1.
+  static int64_t out_size(int64_t in, int64_t kernel, int64_t stride, int64_t pad, int64_t dilation) {
+    int64_t span = in + 2 * pad - dilation * (kernel - 1) - 1;
+    return span < 0 || stride < 1 ? 0 : span / stride + 1;
+  }
+};
+
+// Throws UserError, naming the shape, unless every size, stride and
+// dilation is positive, the padding is not negative and the output is not
+// empty (P, Q >= 1).
+inline void check_conv2d_shape(const Conv2dShape& s) {
+  auto fail = [&](const std::string& why) { throw UserError("conv2d: " + why + " (" + s.str() + ")"); };
+  if (s.N < 1 || s.C < 1 || s.H < 1 || s.W < 1 || s.K < 1 || s.R < 1 || s.S < 1)
+    fail("N, C, H, W, K, R and S must all be positive");
+  if (s.stride_h < 1 || s.stride_w < 1) fail("strides must be positive");
+  if (s.dilation_h < 1 || s.dilation_w < 1) fail("dilations must be positive");
+  if (s.pad_h < 0 || s.pad_w < 0) fail("padding must not be negative");
+  if (s.P() < 1 || s.Q() < 1)
+    fail("empty output: the dilated kernel (" + std::to_string(s.dilation_h * (s.R - 1) + 1) + " x " +
+         std::to_string(s.dilation_w * (s.S - 1) + 1) + ") does not fit in the padded input (" +
+         std::to_string(s.H + 2 * s.pad_h) + " x " + std::to_string(s.W + 2 * s.pad_w) + ")");
+}
+
+// Floats of scratch every conv2d call needs on the CPU: the im2col matrix of
+// one image, (C*R*S, P*Q). The same workspace serves all three calls.
+inline int64_t conv2d_workspace_elems(const Conv2dShape& s) { return s.C * s.R * s.S * s.P() * s.Q(); }
+
+// Multiply-adds of the forward, times two (each backward costs as much
+// again, without the bias).
+inline double conv2d_flops(const Conv2dShape& s) {
+  return 2.0 * static_cast<double>(s.N) * static_cast<double>(s.K) * static_cast<double>(s.P() * s.Q()) *
+         static_cast<double>(s.C * s.R * s.S);
+}
+
+namespace cpu {
+// bias and dbias: null to skip. workspace: conv2d_workspace_elems(s) floats.
+void conv2d_forward(float* out, const float* inp, const float* weight, const float* bias,  // (N,K,P,Q) = ...
+                    const Conv2dShape& s, float* workspace);
+void conv2d_backward_data(float* dinp, const float* dout, const float* weight,  // (N,C,H,W) =, (N,K,P,Q), (K,C,R,S)
+                          const Conv2dShape& s, float* workspace);
+void conv2d_backward_filter(float* dweight, float* dbias,          // (K,C,R,S) +=, (K) +=
+                            const float* dout, const float* inp,   // (N,K,P,Q), (N,C,H,W)
+                            const Conv2dShape& s, float* workspace);
+}  // namespace cpu
+
+namespace conv2d_detail {
+
+// Whether the elements of x and y share any byte (same device assumed).
+inline bool overlaps(const Tensor& x, const Tensor& y) {
+  auto lo_x = static_cast<const char*>(x.data()), lo_y = static_cast<const char*>(y.data());
+  return x.nbytes() > 0 && y.nbytes() > 0 && lo_x < lo_y + y.nbytes() && lo_y < lo_x + x.nbytes();
+}
+
+// Every call goes through here: the shape is valid, every tensor is on one
+// device (CPU: CUDA is not there yet) and f32, `shaped` tensors have exactly
+// their shape (contiguity holds for every Tensor, see runtime/core/tensor.h),
+// the workspace is big enough, and no output overlaps another tensor.
+struct Checked {
+  const Tensor* t;
+  Shape shape;
+  const char* name;
+  bool is_output;
+};
+inline void check_call(const Conv2dShape& s, std::initializer_list<Checked> tensors, const Tensor& workspace,
+                       const char* op) {
+  check_conv2d_shape(s);
+  const Tensor& first = *tensors.begin()->t;
+  for (const Checked& c : tensors) {
+    TANDEM_CHECK(c.t->defined(), std::string(op) + ": " + c.name + " is undefined");
+    check_same_device(*c.t, first, op);
+  }
+  TANDEM_CHECK(workspace.defined(), std::string(op) + ": workspace is undefined");
+  check_same_device(workspace, first, op);
+  if (first.device().is_cuda()) throw UserError("conv2d on CUDA is not implemented yet (cuDNN comes with issue #6)");
+
+  for (const Checked& c : tensors) {
+    TANDEM_CHECK(c.t->dtype() == DType::f32,
+                 std::string(op) + ": " + c.name + " must be f32, got " + dtype_name(c.t->dtype()));
+    TANDEM_CHECK(c.t->shape() == c.shape, std::string(op) + ": " + c.name + " must be " + shape_str(c.shape) +
+                                              " for " + s.str() + ", got " + shape_str(c.t->shape()));
+  }
+  TANDEM_CHECK(workspace.dtype() == DType::f32,
+               std::string(op) + ": workspace must be f32, got " + dtype_name(workspace.dtype()));
+  TANDEM_CHECK(workspace.numel() >= conv2d_workspace_elems(s),
+               std::string(op) + ": workspace holds " + std::to_string(workspace.numel()) + " floats, needs " +
+                   std::to_string(conv2d_workspace_elems(s)) + " (conv2d_workspace_elems)");
+  for (const Checked& c : tensors) {
+    TANDEM_CHECK(!overlaps(*c.t, workspace), std::string(op) + ": " + c.name + " overlaps the workspace");
+    if (!c.is_output) continue;
+    for (const Checked& other : tensors)
+      TANDEM_CHECK(&other == &c || !overlaps(*c.t, *other.t),
+                   std::string(op) + ": " + c.name + " overlaps " + other.name);
+  }
+}
+
+}  // namespace conv2d_detail
+
+// out = conv(inp, weight) + bias; an undefined bias adds nothing. out must
+// not overlap any input or the workspace.
+inline void conv2d_forward(const Tensor& out /* (N, K, P, Q) */, const Tensor& inp /* (N, C, H, W) */,
+                           const Tensor& weight /* (K, C, R, S) */, const Tensor& bias /* (K) or undefined */,
+                           const Conv2dShape& s, const Tensor& workspace /* >= conv2d_workspace_elems(s) */,
+                           [[maybe_unused]] const Stream& stream /* for the CUDA path, issue #6 */) {
+  using conv2d_detail::Checked;
+  const char* op = "conv2d_forward";
+  Checked o{&out, {s.N, s.K, s.P(), s.Q()}, "out", true}, x{&inp, {s.N, s.C, s.H, s.W}, "inp", false},
+      w{&weight, {s.K, s.C, s.R, s.S}, "weight", false}, b{&bias, {s.K}, "bias", false};
+  if (bias.defined())
+    conv2d_detail::check_call(s, {o, x, w, b}, workspace, op);
+  else
+    conv2d_detail::check_call(s, {o, x, w}, workspace, op);
+  cpu::conv2d_forward(out.data_as<float>(), inp.data_as<float>(), weight.data_as<float>(),
+                      bias.defined() ? bias.data_as<float>() : nullptr, s, workspace.data_as<float>());
+}
+
+// dinp = the gradient of out with respect to inp, applied to dout
+// (overwritten, whatever it held). dinp must not overlap dout, weight or the
+// workspace.
+inline void conv2d_backward_data(const Tensor& dinp /* (N, C, H, W) */, const Tensor& dout /* (N, K, P, Q) */,
+                                 const Tensor& weight /* (K, C, R, S) */, const Conv2dShape& s,
+                                 const Tensor& workspace /* >= conv2d_workspace_elems(s) */,
+                                 [[maybe_unused]] const Stream& stream /* for the CUDA path, issue #6 */) {
+  conv2d_detail::check_call(s,
+                            {{&dinp, {s.N, s.C, s.H, s.W}, "dinp", true},
+                             {&dout, {s.N, s.K, s.P(), s.Q()}, "dout", false},
+                             {&weight, {s.K, s.C, s.R, s.S}, "weight", false}},
+                            workspace, "conv2d_backward_data");
+  cpu::conv2d_backward_data(dinp.data_as<float>(), dout.data_as<float>(), weight.data_as<float>(), s,
+                            workspace.data_as<float>());
+}
+
+// dweight += the gradient of out with respect to weight, applied to dout;
+// dbias += dout summed over (N, P, Q), skipped when dbias is undefined.
+// dweight and dbias must not overlap anything else.
+inline void conv2d_backward_filter(const Tensor& dweight /* (K, C, R, S) */, const Tensor& dbias /* (K) or undefined */,
+                                   const Tensor& dout /* (N, K, P, Q) */, const Tensor& inp /* (N, C, H, W) */,
+                                   const Conv2dShape& s, const Tensor& workspace /* >= conv2d_workspace_elems(s) */,
+                                   [[maybe_unused]] const Stream& stream /* for the CUDA path, issue #6 */) {
+  using conv2d_detail::Checked;
+  const char* op = "conv2d_backward_filter";
+  Checked dw{&dweight, {s.K, s.C, s.R, s.S}, "dweight", true}, db{&dbias, {s.K}, "dbias", true},
+      dy{&dout, {s.N, s.K, s.P(), s.Q()}, "dout", false}, x{&inp, {s.N, s.C, s.H, s.W}, "inp", false};
+  if (dbias.defined())
+    conv2d_detail::check_call(s, {dw, db, dy, x}, workspace, op);
+  else
+    conv2d_detail::check_call(s, {dw, dy, x}, workspace, op);
+  cpu::conv2d_backward_filter(dweight.data_as<float>(), dbias.defined() ? dbias.data_as<float>() : nullptr,
+                              dout.data_as<float>(), inp.data_as<float>(), s, workspace.data_as<float>());
+}
+
+}  // namespace tandem::kernels
