@@ -67,6 +67,15 @@ void check_keys(const toml::table& table, const std::vector<std::string>& allowe
   }
 }
 
+float read_dropout(const toml::table& table, const std::string& model, const std::string& where, float fallback) {
+  const toml::node* n = table.get("dropout");
+  if (!n) return fallback;
+  if (!n->is_number()) throw UserError(fmt::format("{}.dropout in {} must be a number", model, where));
+  float p = static_cast<float>(n->value<double>().value());
+  if (!(p >= 0.f && p < 1.f)) throw UserError(fmt::format("{}.dropout in {} must be in [0, 1), got {}", model, where, p));
+  return p;
+}
+
 void apply_override(toml::table& table, const std::string& assignment) {
   size_t eq = assignment.find('=');
   if (eq == std::string::npos || eq == 0)

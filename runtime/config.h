@@ -60,6 +60,10 @@ TrainConfig load_train_config(const std::string& path, const std::vector<std::st
 // Checks that `table` holds only `allowed` keys; `where` names it in errors.
 void check_keys(const toml::table& table, const std::vector<std::string>& allowed, const std::string& where);
 
+// table["dropout"] (a model's section, `model` names it in errors) as a
+// probability in [0, 1); `fallback` when absent.
+float read_dropout(const toml::table& table, const std::string& model, const std::string& where, float fallback);
+
 // The resolved configuration as TOML text (logged and stored in checkpoints).
 std::string to_toml(const TrainConfig& config);
 

@@ -6,6 +6,7 @@
 #include <memory>
 
 #include "collectives/watchdog.h"
+#include "models/cnn/cnn.h"
 #include "models/gpt2/hf_checkpoint.h"
 #include "models/mlp/mlp.h"
 #include "runtime/core/log.h"
@@ -72,16 +73,31 @@ void print_summary(const TrainSummary& s) {
   fmt::print("{}\n", summary.dump());
 }
 
-TrainSummary train_mlp(const TrainConfig& config, const TrainArgs& args, const parallel::ProcessGroup& pg) {
+// Fashion-MNIST, for the image classifiers (the mlp and the cnn).
+struct Images {
+  ImageDataset train, test;
+};
+
+Images load_images(const TrainConfig& config, const TrainArgs& args) {
   if (config.data != "fashion-mnist")
-    throw UserError(fmt::format("data '{}' in {} is not known for the mlp (available: fashion-mnist)", config.data,
-                                args.config));
-  ImageDataset train = load_fashion_mnist(config.data_dir, /*train=*/true);
-  ImageDataset test = load_fashion_mnist(config.data_dir, /*train=*/false);
-  log_info("loaded Fashion-MNIST from {}: {} train, {} test images", config.data_dir, train.count, test.count);
-  models::MlpOptions options = models::parse_mlp_options(config.model_options, train.features(), 10, args.config);
-  models::Mlp mlp(options);
-  return train_classifier(config, mlp.net, mlp.params, train, test, train_outputs(args), pg);
+    throw UserError(fmt::format("data '{}' in {} is not known for the {} (available: fashion-mnist)", config.data,
+                                args.config, config.model));
+  Images images{load_fashion_mnist(config.data_dir, /*train=*/true), load_fashion_mnist(config.data_dir, false)};
+  log_info("loaded Fashion-MNIST from {}: {} train, {} test images", config.data_dir, images.train.count,
+           images.test.count);
+  return images;
+}
+
+TrainSummary train_mlp(const TrainConfig& config, const TrainArgs& args, const parallel::ProcessGroup& pg) {
+  Images images = load_images(config, args);
+  models::Mlp mlp(models::parse_mlp_options(config.model_options, images.train.features(), 10, args.config));
+  return train_classifier(config, mlp.net, mlp.params, images.train, images.test, train_outputs(args), pg);
+}
+
+TrainSummary train_cnn(const TrainConfig& config, const TrainArgs& args, const parallel::ProcessGroup& pg) {
+  Images images = load_images(config, args);
+  models::Cnn cnn(models::parse_cnn_options(config.model_options, images.train.features(), 10, args.config));
+  return train_classifier(config, cnn.net, cnn.params, images.train, images.test, train_outputs(args), pg);
 }
 
 TrainSummary train_gpt2(const TrainConfig& config, const TrainArgs& args, const parallel::ProcessGroup& pg) {
@@ -110,12 +126,14 @@ TrainSummary train_gpt2(const TrainConfig& config, const TrainArgs& args, const 
 
 void run_train(const TrainArgs& args) {
   TrainConfig config = load_train_config(args.config, args.overrides);
-  if (config.model != "mlp" && config.model != "gpt2")
-    throw UserError(fmt::format("model '{}' in {} is not known (available: mlp, gpt2)", config.model, args.config));
+  if (config.model != "mlp" && config.model != "cnn" && config.model != "gpt2")
+    throw UserError(fmt::format("model '{}' in {} is not known (available: mlp, cnn, gpt2)", config.model, args.config));
   auto timeout = collectives::Millis(static_cast<int64_t>(config.comm_timeout * 1000));
   WatchdogGuard watchdog;
   parallel::ProcessGroup pg = parallel::init_process_group(config.backend, resolve_device(config.device), timeout);
-  TrainSummary s = config.model == "mlp" ? train_mlp(config, args, pg) : train_gpt2(config, args, pg);
+  TrainSummary s = config.model == "mlp"   ? train_mlp(config, args, pg)
+                   : config.model == "cnn" ? train_cnn(config, args, pg)
+                                           : train_gpt2(config, args, pg);
   if (pg.rank() == 0) print_summary(s);
 }
 

@@ -27,12 +27,7 @@ MlpOptions parse_mlp_options(const toml::table& table, int64_t in_features, int6
     if (o.activation != "relu" && o.activation != "gelu")
       throw UserError(fmt::format("mlp.activation in {} is '{}'; expected relu or gelu", where, o.activation));
   }
-  if (const toml::node* n = table.get("dropout")) {
-    if (!n->is_number()) throw UserError(fmt::format("mlp.dropout in {} must be a number", where));
-    o.dropout = static_cast<float>(n->value<double>().value());
-    if (!(o.dropout >= 0.f && o.dropout < 1.f))
-      throw UserError(fmt::format("mlp.dropout in {} must be in [0, 1), got {}", where, o.dropout));
-  }
+  o.dropout = read_dropout(table, "mlp", where, o.dropout);
   return o;
 }
 

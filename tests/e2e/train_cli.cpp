@@ -182,3 +182,23 @@ TEST_CASE("a run killed with SIGKILL and resumed ends bitwise identical", "[e2e]
           bytes(dir / "killed" / "step_00002000" / "model.safetensors"));
   fs::remove_all(dir);
 }
+
+TEST_CASE("tandem train trains the cnn on Fashion-MNIST", "[e2e][cnn]") {
+  if (!have_fashion_mnist()) {
+    WARN("SKIPPED: Fashion-MNIST is not installed (run tools/setup.sh)");
+    return;
+  }
+  fs::path dir = fs::temp_directory_path() / fmt::format("tandem_cnn_{}", fresh_seed());
+  Run r = run_tandem("train --config " + source_path("models/cnn/fashion.toml") +
+                     " --set max_steps=60 --set log_every=30 --set eval_every=60 --set cnn.channels=[8,16]" +
+                     " --set cnn.hidden=32 --ckpt-dir " + (dir / "ckpt").string());
+  INFO(r.output);
+  REQUIRE(r.exit_code == 0);
+  nlohmann::json summary = nlohmann::json::parse(r.output.substr(r.output.rfind("{\"")));
+  REQUIRE(summary["test_accuracy"].get<double>() > 0.6);  // 60 steps of 128 images
+  SafetensorsFile model = read_safetensors((dir / "ckpt" / "step_00000060" / "model.safetensors").string());
+  REQUIRE(model.tensors.at("layers.1.weight").shape() == Shape{8, 1, 3, 3});   // Conv2d (out, in, k, k)
+  REQUIRE(model.tensors.at("layers.4.weight").shape() == Shape{16, 8, 3, 3});
+  REQUIRE(model.tensors.at("layers.8.weight").shape() == Shape{32, 16 * 7 * 7});  // after Flatten
+  fs::remove_all(dir);
+}

@@ -1,5 +1,9 @@
 // Every module's backward against float64 finite differences of its forward.
+#include <algorithm>
+#include <random>
+
 #include "runtime/layers.h"
+#include "runtime/vision_layers.h"
 #include "runtime/gradcheck.h"
 
 using namespace tandem;
@@ -117,4 +121,45 @@ TEST_CASE("CrossEntropyLoss backward matches finite differences", "[modules]") {
   std::vector<float> grad = grad_tensor.to_vector();
   REQUIRE(rel_error(grad, num) <= kGradTol);
   for (int c = 0; c < 5; c++) REQUIRE(grad[2 * 5 + c] == 0.f);  // the ignored row
+}
+
+// ---- vision modules (runtime/vision_layers.h)
+
+TEST_CASE("Conv2d backward matches finite differences", "[modules][vision]") {
+  uint64_t seed = fresh_seed();
+  INFO("seed=" << seed);
+  ParameterSet params;
+  Conv2d m(params, "layers.0", 3, 4, {.kernel = 3, .stride = 2, .padding = 1, .bias = true});
+  check_module(m, params, random_tensor({2, 3, 7, 6}, seed), seed);
+}
+
+TEST_CASE("MaxPool2d and AvgPool2d backward match finite differences", "[modules][vision]") {
+  uint64_t seed = fresh_seed();
+  INFO("seed=" << seed);
+  // Distinct values 0.05 apart: a +-1e-2 perturbation never changes which one is the max.
+  std::vector<float> spaced(2 * 3 * 6 * 5);
+  for (size_t i = 0; i < spaced.size(); i++) spaced[i] = 0.05f * static_cast<float>(i);
+  std::shuffle(spaced.begin(), spaced.end(), std::mt19937_64(seed));
+  ParameterSet none;
+  Pool2d max_pool(Pool2d::Kind::max, 2);
+  check_module(max_pool, none, Tensor::from_vector(spaced, {2, 3, 6, 5}), seed);
+  ParameterSet none2;
+  Pool2d avg_pool(Pool2d::Kind::avg, 3, 2, 1);
+  check_module(avg_pool, none2, random_tensor({2, 3, 6, 5}, seed), seed);
+}
+
+TEST_CASE("A small CNN chains Reshape, Conv2d, pooling and Linear", "[modules][vision]") {
+  uint64_t seed = fresh_seed();
+  INFO("seed=" << seed);
+  ParameterSet params;
+  Sequential net;
+  net.add(std::make_unique<Reshape>(std::vector<int64_t>{2, 6, 6}));
+  net.add(std::make_unique<Conv2d>(params, "layers.1", 2, 3, Conv2dOptions{.kernel = 3, .stride = 1, .padding = 1}));
+  net.add(std::make_unique<Pool2d>(Pool2d::Kind::avg, 2));
+  net.add(std::make_unique<GlobalAvgPool>());
+  net.add(std::make_unique<Linear>(params, "layers.4", 3, 5));
+  Context ctx;
+  Tensor x = random_tensor({4, 72}, seed);
+  check_module(net, params, x, seed);
+  REQUIRE(net.forward(x, ctx).shape() == Shape{4, 5});
 }
