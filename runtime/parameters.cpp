@@ -2,6 +2,7 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <cstring>
 
 #include "kernels/cast.h"
@@ -33,6 +34,19 @@ Parameter* ParameterSet::add(std::string name, Shape shape, Init init, bool tran
   p.offset = numel_;
   numel_ += (p.numel() + kParamAlignElems - 1) / kParamAlignElems * kParamAlignElems;
   return &p;
+}
+
+Parameter* ParameterSet::add_buffer(std::string name, Shape shape, Init init) {
+  TANDEM_CHECK(!allocated(), "ParameterSet::add_buffer after allocate: " + name);
+  TANDEM_CHECK(init.kind == Init::Kind::zeros || init.kind == Init::Kind::ones, "buffers start as zeros or ones: " + name);
+  for (const Parameter& b : buffers_) TANDEM_CHECK(b.name != name, "duplicate buffer " + name);
+  Parameter& b = buffers_.emplace_back();
+  b.name = std::move(name);
+  b.shape = std::move(shape);
+  b.init = init;
+  b.offset = buffer_numel_;
+  buffer_numel_ += b.numel();
+  return &b;
 }
 
 void ParameterSet::set_initial_values(Tensor values) {
@@ -70,6 +84,13 @@ void ParameterSet::allocate(Device device, DType dtype, const Tensor& initial) {
   for (Parameter& p : params_) {
     p.value = values_.view(p.offset, p.shape);
     p.grad = grads_.view(p.offset, p.shape);
+  }
+  if (buffer_numel_ > 0) {
+    Tensor host = Tensor::zeros({buffer_numel_}, DType::f32, Device::cpu());
+    for (const Parameter& b : buffers_)
+      if (b.init.kind == Init::Kind::ones) std::fill_n(host.data_as<float>() + b.offset, b.numel(), 1.f);
+    buffer_values_ = device.is_cpu() ? host : host.to(device);
+    for (Parameter& b : buffers_) b.value = buffer_values_.view(b.offset, b.shape);
   }
   if (dtype == DType::f32) {
     values_.copy_from(initial);

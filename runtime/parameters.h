@@ -46,6 +46,13 @@ class ParameterSet {
   // Registers a parameter; the pointer stays valid for the set's lifetime.
   Parameter* add(std::string name, Shape shape, Init init, bool transposed_in_file = false);
 
+  // Registers a buffer (PyTorch's register_buffer): state that the model
+  // keeps and checkpoints but does not train, such as batch norm's running
+  // statistics. Buffers live in their own flat fp32 tensor (whatever the
+  // parameters' dtype), start as `init` (zeros or ones), have no gradient,
+  // and are not part of numel() or the optimizer's state.
+  Parameter* add_buffer(std::string name, Shape shape, Init init);
+
   // The initial values as a flat fp32 CPU tensor, drawn from `seed`. Data
   // parallelism broadcasts rank 0's before allocate; the optimizer seeds
   // its fp32 master copy from the same tensor.
@@ -56,7 +63,7 @@ class ParameterSet {
 
   // Makes the flat buffers on `device` in `dtype`, binds every view and
   // fills the values from `initial` (fp32, numel() elements, any device;
-  // cast to `dtype`). Gradients start at zero.
+  // cast to `dtype`). Gradients start at zero; buffers at their init.
   void allocate(Device device, DType dtype, const Tensor& initial);
   void allocate(Device device, DType dtype, uint64_t seed) { allocate(device, dtype, initial_values(seed)); }
   bool allocated() const { return values_.defined(); }
@@ -65,14 +72,18 @@ class ParameterSet {
   const Tensor& grads() const { return grads_; }
   int64_t numel() const { return numel_; }
   const std::deque<Parameter>& list() const { return params_; }
+  const Tensor& buffer_values() const { return buffer_values_; }  // flat fp32; undefined when there are none
+  const std::deque<Parameter>& buffer_list() const { return buffers_; }
+  int64_t buffer_numel() const { return buffer_numel_; }
   const Parameter& find(const std::string& name) const;
 
   void zero_grads(const Stream& stream) const { grads_.zero(stream); }
 
  private:
   std::deque<Parameter> params_;  // deque: add() never moves earlier ones
-  int64_t numel_ = 0;
-  Tensor values_, grads_;
+  std::deque<Parameter> buffers_;
+  int64_t numel_ = 0, buffer_numel_ = 0;
+  Tensor values_, grads_, buffer_values_;
   Tensor pretrained_;  // set_initial_values()
 };
 

@@ -48,6 +48,13 @@ ResumePoint load_resume_point(const std::string& step_dir, const ParameterSet& p
       throw UserError(fmt::format("checkpoint {} has no parameter '{}': it was written by another model", step_dir, p.name));
     from_file_layout(p, it->second, r.weights.data_as<float>() + p.offset, "checkpoint " + step_dir);
   }
+  if (params.buffer_numel() > 0) r.buffers = Tensor::zeros({params.buffer_numel()}, DType::f32, Device::cpu());
+  for (const Parameter& b : params.buffer_list()) {
+    auto it = model.tensors.find(b.name);
+    if (it == model.tensors.end())
+      throw UserError(fmt::format("checkpoint {} has no buffer '{}': it was written by another model", step_dir, b.name));
+    from_file_layout(b, it->second, r.buffers.data_as<float>() + b.offset, "checkpoint " + step_dir);
+  }
   SafetensorsFile optimizer = read_safetensors(step_dir + "/optimizer.safetensors");
   r.optimizer_state = std::move(optimizer.tensors);
   return r;

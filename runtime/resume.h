@@ -20,6 +20,7 @@ struct ResumePoint {
   int64_t step = 0;
   std::string dir;                               // DIR/step_%08d
   Tensor weights;                                // fp32, flat, in the ParameterSet's layout (CPU)
+  Tensor buffers;                                // fp32, flat, the ParameterSet's buffers (CPU; undefined: none)
   std::map<std::string, Tensor> optimizer_state;  // "exp_avg", ... (CPU)
 };
 
@@ -28,8 +29,8 @@ struct ResumePoint {
 // DIR holds none (or does not exist).
 std::optional<std::string> newest_valid_checkpoint(const std::string& ckpt_dir);
 
-// Reads `step_dir` for `params`: every parameter must be there with its
-// shape (UserError naming the first that is not).
+// Reads `step_dir` for `params`: every parameter and buffer must be there
+// with its shape (UserError naming the first that is not).
 ResumePoint load_resume_point(const std::string& step_dir, const ParameterSet& params);
 
 }  // namespace tandem

@@ -44,6 +44,7 @@ std::vector<NamedTensor> model_tensors(const ParameterSet& params, const Optimiz
   std::vector<NamedTensor> out;
   Tensor weights = opt.weights();  // fp32 whatever the compute dtype
   for (const Parameter& p : params.list()) out.push_back({p.name, to_file_layout(p, weights.view(p.offset, p.shape))});
+  for (const Parameter& b : params.buffer_list()) out.push_back({b.name, b.value});
   return out;
 }
 
@@ -129,6 +130,7 @@ TrainSummary train(const TrainConfig& config, Module& model, ParameterSet& param
                      static_cast<float>(config.eps)};
   Optimizer optimizer(params, oc, init);
   init = Tensor();
+  if (resume.buffers.defined()) params.buffer_values().copy_from(resume.buffers);  // rank 0's (see evaluate)
   if (resume.step > 0) {
     if (leader) optimizer.load_state(resume.optimizer_state, resume.step);
     optimizer.set_steps_taken(resume.step);
@@ -176,6 +178,13 @@ TrainSummary train(const TrainConfig& config, Module& model, ParameterSet& param
   double interval_comm_ms = 0, interval_exposed_ms = 0;
 
   auto evaluate = [&](int64_t step) {
+    // Buffers (batch norm's running statistics) are rank 0's on every rank,
+    // as under PyTorch DDP's broadcast_buffers: rank 0 tracks its own
+    // batches, the others take its values before they read them.
+    if (pg.comm && params.buffer_numel() > 0) {
+      ctx.stream.synchronize();
+      parallel::broadcast_from_rank0(params.buffer_values(), *pg.comm, timeout);
+    }
     summary.eval = task.evaluate(model, ctx, pg);
     nlohmann::json record = {{"step", step}, {"epoch", (step - 1) / steps_per_epoch}};
     record.update(summary.eval);

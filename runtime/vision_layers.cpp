@@ -49,6 +49,39 @@ Tensor Conv2d::backward(const Tensor& grad_output, Context& ctx) {
   return grad_input_;
 }
 
+// ---- BatchNorm2d
+
+BatchNorm2d::BatchNorm2d(ParameterSet& params, const std::string& prefix, int64_t channels, float eps, float momentum)
+    : channels_(channels), opt_{.eps = eps, .momentum = momentum} {
+  weight_ = own(params.add(prefix + ".weight", {channels}, Init::ones()));
+  bias_ = own(params.add(prefix + ".bias", {channels}, Init::zeros()));
+  running_mean_ = params.add_buffer(prefix + ".running_mean", {channels}, Init::zeros());
+  running_var_ = params.add_buffer(prefix + ".running_var", {channels}, Init::ones());
+}
+
+Tensor BatchNorm2d::forward(const Tensor& input, Context& ctx) {
+  check_nchw(input, channels_, "BatchNorm2d");
+  input_ = input;
+  ensure_buffer(output_, input.shape(), ctx.dtype, ctx.device);
+  if (!ctx.training) {
+    kernels::batchnorm_forward_eval(output_, input, weight_->value, bias_->value, running_mean_->value,
+                                    running_var_->value, opt_, ctx.stream);
+    return output_;
+  }
+  ensure_buffer(save_mean_, {channels_}, DType::f32, ctx.device);
+  ensure_buffer(save_rstd_, {channels_}, DType::f32, ctx.device);
+  kernels::batchnorm_forward_train(output_, save_mean_, save_rstd_, running_mean_->value, running_var_->value, input,
+                                   weight_->value, bias_->value, opt_, ctx.stream);
+  return output_;
+}
+
+Tensor BatchNorm2d::backward(const Tensor& grad_output, Context& ctx) {
+  ensure_buffer(grad_input_, input_.shape(), ctx.dtype, ctx.device);
+  kernels::batchnorm_backward(grad_input_, weight_->grad, bias_->grad, grad_output, input_, weight_->value,
+                              save_mean_, save_rstd_, ctx.stream);
+  return grad_input_;
+}
+
 // ---- Pool2d
 
 Pool2d::Pool2d(Kind kind, int64_t kernel, int64_t stride, int64_t padding)

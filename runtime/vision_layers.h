@@ -1,9 +1,11 @@
 // Modules for convolutional networks, over NCHW activations: Conv2d,
-// MaxPool2d, AvgPool2d, GlobalAvgPool and Reshape (Flatten is Reshape to
-// (N, -1)), each a thin shell over its kernels (kernels/conv2d.h,
-// kernels/pool.h) with PyTorch's semantics, names and initialisation.
+// BatchNorm2d, MaxPool2d, AvgPool2d, GlobalAvgPool and Reshape (Flatten is
+// Reshape to (N, -1)), each a thin shell over its kernels (kernels/conv2d.h,
+// kernels/batchnorm.h, kernels/pool.h) with PyTorch's semantics, names and
+// initialisation.
 #pragma once
 
+#include "kernels/batchnorm.h"
 #include "kernels/conv2d.h"
 #include "kernels/pool.h"
 #include "runtime/module.h"
@@ -33,6 +35,28 @@ class Conv2d : public Module {
   Parameter* bias_ = nullptr;
   kernels::Conv2dShape shape_{};
   Tensor input_, output_, grad_input_, workspace_;
+};
+
+// nn.BatchNorm2d: in training, normalizes with the batch's statistics and
+// updates the running ones (momentum 0.1, unbiased variance); in
+// evaluation, normalizes with the running ones. weight starts at 1, bias
+// at 0; running_mean (0) and running_var (1) are buffers
+// (ParameterSet::add_buffer): checkpointed with the weights, and under
+// data parallelism rank 0's (see runtime/trainer.cpp), as PyTorch DDP's
+// broadcast_buffers gives.
+class BatchNorm2d : public Module {
+ public:
+  BatchNorm2d(ParameterSet& params, const std::string& prefix, int64_t channels, float eps = 1e-5f,
+              float momentum = 0.1f);
+  Tensor forward(const Tensor& input, Context& ctx) override;
+  Tensor backward(const Tensor& grad_output, Context& ctx) override;
+  const char* kind() const override { return "BatchNorm2d"; }
+
+ private:
+  int64_t channels_;
+  kernels::BatchNormOptions opt_;
+  Parameter *weight_, *bias_, *running_mean_, *running_var_;
+  Tensor input_, output_, save_mean_, save_rstd_, grad_input_;
 };
 
 // Max or average pooling over k x k windows (stride defaults to k), as

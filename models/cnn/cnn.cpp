@@ -11,7 +11,7 @@
 namespace tandem::models {
 
 CnnOptions parse_cnn_options(const toml::table& table, int64_t in_features, int64_t classes, const std::string& where) {
-  check_keys(table, {"channels", "hidden", "dropout"}, where + " [cnn]");
+  check_keys(table, {"channels", "hidden", "dropout", "batchnorm"}, where + " [cnn]");
   CnnOptions o;
   o.image_size = static_cast<int64_t>(std::lround(std::sqrt(static_cast<double>(in_features))));
   if (o.image_size * o.image_size != in_features)
@@ -36,6 +36,10 @@ CnnOptions parse_cnn_options(const toml::table& table, int64_t in_features, int6
     o.hidden = n->value<int64_t>().value();
   }
   o.dropout = read_dropout(table, "cnn", where, o.dropout);
+  if (const toml::node* n = table.get("batchnorm")) {
+    if (!n->is_boolean()) throw UserError(fmt::format("cnn.batchnorm in {} must be true or false", where));
+    o.batchnorm = n->value<bool>().value();
+  }
   return o;
 }
 
@@ -45,11 +49,12 @@ Cnn::Cnn(const CnnOptions& o) {
   index++;
   int64_t channels = 1, size = o.image_size;
   for (int64_t c : o.channels) {
-    net.add(std::make_unique<Conv2d>(params, fmt::format("layers.{}", index), channels, c,
-                                     Conv2dOptions{.kernel = 3, .stride = 1, .padding = 1, .bias = true}));
+    net.add(std::make_unique<Conv2d>(params, fmt::format("layers.{}", index++), channels, c,
+                                     Conv2dOptions{.kernel = 3, .stride = 1, .padding = 1, .bias = !o.batchnorm}));
+    if (o.batchnorm) net.add(std::make_unique<BatchNorm2d>(params, fmt::format("layers.{}", index++), c));
     net.add(std::make_unique<ReLU>());
     net.add(std::make_unique<Pool2d>(Pool2d::Kind::max, 2));
-    index += 3;
+    index += 2;
     channels = c;
     size /= 2;
   }

@@ -1,5 +1,6 @@
 // A small convolutional classifier for 28x28 grayscale images: per stage a
-// 3x3 Conv2d (padding 1), ReLU and a 2x2 max pool, then Flatten, a hidden
+// 3x3 Conv2d (padding 1) [then BatchNorm2d, the convolution then without
+// bias], ReLU and a 2x2 max pool, then Flatten, a hidden
 // Linear with ReLU [and Dropout], and a Linear to the class logits.
 // Parameter names follow a PyTorch nn.Sequential held as `layers`
 // ("layers.1.weight" is the first convolution: layers.0 is the Reshape of
@@ -20,9 +21,10 @@ struct CnnOptions {
   int64_t hidden = 128;
   int64_t classes = 10;
   float dropout = 0.f;
+  bool batchnorm = false;  // BatchNorm2d after each convolution
 };
 
-// Reads the [cnn] table (channels, hidden, dropout); `where` names the config in errors.
+// Reads the [cnn] table (channels, hidden, dropout, batchnorm); `where` names the config in errors.
 CnnOptions parse_cnn_options(const toml::table& table, int64_t in_features, int64_t classes, const std::string& where);
 
 struct Cnn {

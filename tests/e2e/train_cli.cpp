@@ -200,5 +200,16 @@ TEST_CASE("tandem train trains the cnn on Fashion-MNIST", "[e2e][cnn]") {
   REQUIRE(model.tensors.at("layers.1.weight").shape() == Shape{8, 1, 3, 3});   // Conv2d (out, in, k, k)
   REQUIRE(model.tensors.at("layers.4.weight").shape() == Shape{16, 8, 3, 3});
   REQUIRE(model.tensors.at("layers.8.weight").shape() == Shape{32, 16 * 7 * 7});  // after Flatten
+
+  // With batch norm: the convolutions lose their bias, the running statistics are checkpointed.
+  Run bn = run_tandem("train --config " + source_path("models/cnn/fashion.toml") +
+                      " --set max_steps=30 --set eval_every=30 --set cnn.channels=[8] --set cnn.hidden=16" +
+                      " --set cnn.batchnorm=true --ckpt-dir " + (dir / "bn").string());
+  INFO(bn.output);
+  REQUIRE(bn.exit_code == 0);
+  SafetensorsFile bn_model = read_safetensors((dir / "bn" / "step_00000030" / "model.safetensors").string());
+  REQUIRE(bn_model.tensors.count("layers.1.bias") == 0);
+  REQUIRE(bn_model.tensors.at("layers.2.running_var").shape() == Shape{8});
+  REQUIRE(nlohmann::json::parse(bn.output.substr(bn.output.rfind("{\"")))["test_accuracy"].get<double>() > 0.5);
   fs::remove_all(dir);
 }

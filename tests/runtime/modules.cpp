@@ -163,3 +163,27 @@ TEST_CASE("A small CNN chains Reshape, Conv2d, pooling and Linear", "[modules][v
   check_module(net, params, x, seed);
   REQUIRE(net.forward(x, ctx).shape() == Shape{4, 5});
 }
+
+TEST_CASE("BatchNorm2d: backward matches finite differences; eval uses the running statistics", "[modules][vision]") {
+  uint64_t seed = fresh_seed();
+  INFO("seed=" << seed);
+  ParameterSet params;
+  BatchNorm2d bn(params, "layers.0", 3);
+  Tensor x = random_tensor({4, 3, 5, 2}, seed, -2.f, 3.f);
+  check_module(bn, params, x, seed);  // training mode: the batch's statistics
+  REQUIRE(params.buffer_list().size() == 2);
+  REQUIRE(params.find("layers.0.weight").numel() == 3);
+
+  // Every training forward moved running_mean a tenth of the way to the batch mean.
+  std::vector<float> running = params.buffer_list()[0].value.to_vector();
+  Context eval;
+  eval.training = false;
+  Tensor y = bn.forward(x, eval);
+  std::vector<float> xs = x.to_vector(), ys = y.to_vector(), var = params.buffer_list()[1].value.to_vector();
+  std::vector<float> w = params.find("layers.0.weight").value.to_vector(), b = params.find("layers.0.bias").value.to_vector();
+  for (int64_t i = 0; i < x.numel(); i++) {
+    int64_t c = (i / 10) % 3;
+    double want = (xs[i] - running[c]) / std::sqrt(static_cast<double>(var[c]) + 1e-5) * w[c] + b[c];
+    REQUIRE(std::fabs(ys[i] - want) <= 1e-5 * (1 + std::fabs(want)));
+  }
+}

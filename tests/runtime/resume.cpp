@@ -7,6 +7,7 @@
 #include <fstream>
 #include <thread>
 
+#include "models/cnn/cnn.h"
 #include "models/mlp/mlp.h"
 #include "runtime/core/philox.h"
 #include "runtime/resume.h"
@@ -114,4 +115,37 @@ TEST_CASE("resume from a checkpoint of another model is refused clearly", "[resu
                       Catch::Contains("layers.0.weight"));
   REQUIRE(!newest_valid_checkpoint((base / "nothing-here").string()).has_value());
   fs::remove_all(base);
+}
+
+TEST_CASE("a CNN with batch norm resumes bitwise identical, running statistics included", "[resume]") {
+  ImageDataset data = synthetic(512, fresh_seed());  // 64 features: 8x8 images
+  for (int world : {1, 2}) {
+    INFO("world " << world);
+    fs::path base = fs::temp_directory_path() / fmt::format("tandem_resume_bn_{}", fresh_seed());
+    TrainConfig c = config(32 / world, "adamw");
+    auto run = [&](const fs::path& dir, const std::string& resume) {
+      for_each_rank(world, [&](const parallel::ProcessGroup& pg) {
+        models::Cnn cnn({.image_size = 8, .channels = {4}, .hidden = 8, .classes = 10, .batchnorm = true});
+        TrainOutputs outputs;
+        outputs.ckpt_dir = dir.string();
+        outputs.progress = false;
+        outputs.resume = resume;
+        train_classifier(c, cnn.net, cnn.params, data, data, outputs, pg);
+      });
+    };
+    run(base / "whole", "none");
+    run(base / "crashed", "none");
+    fs::remove_all(base / "crashed" / "step_00000012");
+    run(base / "crashed", "auto");
+
+    fs::path whole = base / "whole" / "step_00000012" / "model.safetensors";
+    REQUIRE(file_bytes(whole) == file_bytes(base / "crashed" / "step_00000012" / "model.safetensors"));
+    SafetensorsFile model = read_safetensors(whole.string());
+    std::vector<float> mean = model.tensors.at("layers.2.running_mean").to_vector();
+    std::vector<float> var = model.tensors.at("layers.2.running_var").to_vector();
+    REQUIRE(mean.size() == 4);
+    REQUIRE(std::any_of(mean.begin(), mean.end(), [](float m) { return m != 0.f; }));  // it tracked batches
+    REQUIRE(std::none_of(var.begin(), var.end(), [](float v) { return v == 1.f; }));
+    fs::remove_all(base);
+  }
 }
