@@ -1,0 +1,271 @@
+// One LSTM layer over a whole sequence, PyTorch nn.LSTM semantics (one
+// direction, one layer, no projection). Per step t = 1 .. T, from h_0 = h0
+// and c_0 = c0 (zeros when undefined):
+//
+//   gates = x_t @ w_ih^T + b_ih + h_{t-1} @ w_hh^T + b_hh      (N, 4H): i, f, g, o
+//   i = sigmoid(gates_i)  f = sigmoid(gates_f)  g = tanh(gates_g)  o = sigmoid(gates_o)
+//   c_t = f * c_{t-1} + i * g
+//   h_t = o * tanh(c_t)
+//
+// y holds h_1 .. h_T (y[t-1] = h_t), and hT = h_T, cT = c_T.
+//
+// Sequence-first layout, as cuDNN and PyTorch's default (batch_first=False):
+//   x (T, N, I), y (T, N, H), h0, c0, hT, cT (N, H)
+//   w_ih (4H, I), w_hh (4H, H), b_ih (4H), b_hh (4H); the 4H rows are the
+//   gates i, f, g, o in that order, H rows each (PyTorch's weight_ih_l0 etc.).
+//
+//   forward:   y, hT, cT and the reserve                            overwritten
+//   backward:  dx, dh0, dc0                                         overwritten
+//              dw_ih, dw_hh, db_ih, db_hh                           +=
+// See Note [Gradient writes] in kernels/common.h.
+//
+// Two caller-allocated f32 buffers, because kernels never allocate:
+// - the reserve (cuDNN's "reserve space"): what forward keeps for backward,
+//   lstm_reserve_elems floats. It is written by forward and read by the
+//   matching backward (same x, h0, c0 and weights); keep it in between.
+// - the workspace: scratch of one call, lstm_workspace_elems floats; its
+//   contents mean nothing between calls.
+// The CPU path (the fp32 reference) is OpenBLAS sgemm plus plain loops; see
+// kernels/cpu/lstm.cpp. A CUDA path (cuDNN) comes with issue #6; until then a
+// CUDA tensor is a UserError, and no cuda:: function is declared, so nothing
+// here needs a CUDA build to link.
+#pragma once
+
+#include <initializer_list>
+#include <string>
+
+#include "kernels/common.h"
+
+namespace tandem::kernels {
+
+// The sizes of one layer over one sequence. Zero-initialized, so a field left
+// out fails check_lstm_shape instead of reading garbage.
+struct LstmShape {
+  int64_t T = 0;  // time steps
+  int64_t N = 0;  // batch
+  int64_t I = 0;  // input features
+  int64_t H = 0;  // hidden (and cell) features
+
+  // "T=7 N=3 I=5 H=4", for messages.
+  std::string str() const {
+    std::string out;  // appended piece by piece, as Conv2dShape::str (GCC 12 -Wrestrict)
+    auto field = [&](const char* name, int64_t v) { out.append(name).append(std::to_string(v)); };
+    field("T=", T), field(" N=", N), field(" I=", I), field(" H=", H);
+    return out;
+  }
+};
+
+// The parameters of the layer, as nn.LSTM names them (weight_ih_l0, ...).
+struct LstmWeights {
+  Tensor w_ih;  // (4H, I)
+  Tensor w_hh;  // (4H, H)
+  Tensor b_ih;  // (4H)
+  Tensor b_hh;  // (4H)
+};
+
+// Their gradients, each accumulated into (+=).
+struct LstmGrads {
+  Tensor dw_ih;  // (4H, I)
+  Tensor dw_hh;  // (4H, H)
+  Tensor db_ih;  // (4H)
+  Tensor db_hh;  // (4H)
+};
+
+// A hidden and cell state pair, (N, H) each: h0/c0 and hT/cT in forward,
+// their gradients in backward. Where the calls below say so, either may be
+// undefined.
+struct LstmState {
+  Tensor h;
+  Tensor c;
+};
+
+// Throws UserError, naming the shape, unless T, N, I and H are all positive.
+inline void check_lstm_shape(const LstmShape& s) {
+  if (s.T < 1 || s.N < 1 || s.I < 1 || s.H < 1)
+    throw UserError("lstm: T, N, I and H must all be positive (" + s.str() + ")");
+}
+
+// Floats of reserve: per step the four gate activations (N, 4H) and
+// tanh(c_t) (N, H), and the cell states c_0 .. c_T ((T + 1) N H). The CPU
+// layout is in kernels/cpu/lstm.cpp.
+inline int64_t lstm_reserve_elems(const LstmShape& s) { return s.N * s.H * (6 * s.T + 1); }
+
+// Floats of workspace (the same buffer serves forward and backward): the gate
+// gradients of every step (T, N, 4H), which backward turns into dx and the
+// weight gradients with one large GEMM each, plus the running dh and dc
+// (N, H each). The CPU forward computes its gates in place in the reserve and
+// leaves the workspace alone; it is checked anyway, so that one buffer sized
+// here is right for both calls and for the cuDNN path to come.
+inline int64_t lstm_workspace_elems(const LstmShape& s) { return s.N * (4 * s.H * s.T + 2 * s.H); }
+
+// Multiply-adds of the forward's GEMMs, times two (backward costs about twice
+// that). The gates' elementwise work is not counted.
+inline double lstm_flops(const LstmShape& s) {
+  return 2.0 * static_cast<double>(s.T * s.N) * static_cast<double>(4 * s.H) * static_cast<double>(s.I + s.H);
+}
+
+namespace cpu {
+// h0, c0, hT, cT: null for zeros (inputs) or to skip (outputs).
+// reserve: lstm_reserve_elems(s) floats. No workspace: the gates are computed
+// in place in the reserve.
+void lstm_forward(float* y, float* hT, float* cT, float* reserve,                       // (T,N,H), (N,H), (N,H)
+                  const float* x, const float* h0, const float* c0,                     // (T,N,I), (N,H), (N,H)
+                  const float* w_ih, const float* w_hh, const float* b_ih, const float* b_hh,  // (4H,I), (4H,H), (4H)
+                  const LstmShape& s);
+// dh0, dc0: null to skip; dhT, dcT: null for zeros; h0: null when forward
+// ran with zeros. dx, dh0, dc0 are overwritten; dw_ih, dw_hh, db_ih, db_hh
+// added to. workspace: lstm_workspace_elems(s) floats.
+void lstm_backward(float* dx, float* dh0, float* dc0,                                   // (T,N,I), (N,H), (N,H)
+                   float* dw_ih, float* dw_hh, float* db_ih, float* db_hh,              // (4H,I), (4H,H), (4H)
+                   const float* dy, const float* dhT, const float* dcT,                 // (T,N,H), (N,H), (N,H)
+                   const float* x, const float* h0, const float* w_ih, const float* w_hh,
+                   const float* y, const float* reserve, const LstmShape& s, float* workspace);
+}  // namespace cpu
+
+namespace lstm_detail {
+
+// Whether the elements of x and y share any byte (same device assumed).
+inline bool overlaps(const Tensor& x, const Tensor& y) {
+  auto lo_x = static_cast<const char*>(x.data()), lo_y = static_cast<const char*>(y.data());
+  return x.nbytes() > 0 && y.nbytes() > 0 && lo_x < lo_y + y.nbytes() && lo_y < lo_x + x.nbytes();
+}
+
+enum class Arg {
+  input,            // must be defined
+  output,           // must be defined; overlaps nothing else
+  optional_input,   // undefined: zeros
+  optional_output,  // undefined: skipped
+};
+
+struct Checked {
+  const Tensor* t;
+  Shape shape;
+  const char* name;
+  Arg arg;
+};
+
+inline const float* in_or_null(const Tensor& t) { return t.defined() ? t.data_as<float>() : nullptr; }
+inline float* out_or_null(const Tensor& t) { return t.defined() ? t.data_as<float>() : nullptr; }
+
+// Every call goes through here (as conv2d_detail::check_call): the shape is
+// valid, required tensors are defined, every defined tensor is on one device
+// (CPU: CUDA is not there yet) and f32 with exactly its shape (contiguity
+// holds for every Tensor), the reserve and workspace are big enough, and no
+// output overlaps another tensor or the workspace. The first tensor must be a
+// required one.
+inline void check_call(const LstmShape& s, std::initializer_list<Checked> tensors, const Tensor& workspace,
+                       const char* op) {
+  check_lstm_shape(s);
+  auto is_output = [](const Checked& c) { return c.arg == Arg::output || c.arg == Arg::optional_output; };
+  auto is_required = [](const Checked& c) { return c.arg == Arg::input || c.arg == Arg::output; };
+  const Tensor& first = *tensors.begin()->t;
+  for (const Checked& c : tensors) {
+    if (!is_required(c) && !c.t->defined()) continue;
+    TANDEM_CHECK(c.t->defined(), std::string(op) + ": " + c.name + " is undefined");
+    check_same_device(*c.t, first, op);
+  }
+  TANDEM_CHECK(workspace.defined(), std::string(op) + ": workspace is undefined");
+  check_same_device(workspace, first, op);
+  if (first.device().is_cuda()) throw UserError("lstm on CUDA is not implemented yet (cuDNN comes with issue #6)");
+
+  for (const Checked& c : tensors) {
+    if (!c.t->defined()) continue;
+    TANDEM_CHECK(c.t->dtype() == DType::f32,
+                 std::string(op) + ": " + c.name + " must be f32, got " + dtype_name(c.t->dtype()));
+    TANDEM_CHECK(c.t->shape() == c.shape, std::string(op) + ": " + c.name + " must be " + shape_str(c.shape) +
+                                              " for " + s.str() + ", got " + shape_str(c.t->shape()));
+  }
+  TANDEM_CHECK(workspace.dtype() == DType::f32,
+               std::string(op) + ": workspace must be f32, got " + dtype_name(workspace.dtype()));
+  TANDEM_CHECK(workspace.numel() >= lstm_workspace_elems(s),
+               std::string(op) + ": workspace holds " + std::to_string(workspace.numel()) + " floats, needs " +
+                   std::to_string(lstm_workspace_elems(s)) + " (lstm_workspace_elems)");
+  for (const Checked& c : tensors) {
+    if (!c.t->defined()) continue;
+    TANDEM_CHECK(!overlaps(*c.t, workspace), std::string(op) + ": " + c.name + " overlaps the workspace");
+    if (!is_output(c)) continue;
+    for (const Checked& other : tensors)
+      TANDEM_CHECK(&other == &c || !other.t->defined() || !overlaps(*c.t, *other.t),
+                   std::string(op) + ": " + c.name + " overlaps " + other.name);
+  }
+}
+
+}  // namespace lstm_detail
+
+// y, final_state.h (hT) and final_state.c (cT) = the layer over x from initial.h (h0)
+// and initial.c (c0); either initial state may be undefined (zeros), either
+// final one undefined (not written). Writes the reserve for lstm_backward.
+// No output may overlap an input, another output or the workspace.
+inline void lstm_forward(const Tensor& y /* (T, N, H) */, const LstmState& final_state /* (N, H) each, or undefined */,
+                         const Tensor& reserve /* (lstm_reserve_elems(s)) */, const Tensor& x /* (T, N, I) */,
+                         const LstmState& initial /* (N, H) each, or undefined: zeros */, const LstmWeights& w,
+                         const LstmShape& s, const Tensor& workspace /* >= lstm_workspace_elems(s) */,
+                         [[maybe_unused]] const Stream& stream /* for the CUDA path, issue #6 */) {
+  using lstm_detail::Arg;
+  lstm_detail::check_call(s,
+                          {{&y, {s.T, s.N, s.H}, "y", Arg::output},
+                           {&final_state.h, {s.N, s.H}, "hT", Arg::optional_output},
+                           {&final_state.c, {s.N, s.H}, "cT", Arg::optional_output},
+                           {&reserve, {lstm_reserve_elems(s)}, "reserve", Arg::output},
+                           {&x, {s.T, s.N, s.I}, "x", Arg::input},
+                           {&initial.h, {s.N, s.H}, "h0", Arg::optional_input},
+                           {&initial.c, {s.N, s.H}, "c0", Arg::optional_input},
+                           {&w.w_ih, {4 * s.H, s.I}, "w_ih", Arg::input},
+                           {&w.w_hh, {4 * s.H, s.H}, "w_hh", Arg::input},
+                           {&w.b_ih, {4 * s.H}, "b_ih", Arg::input},
+                           {&w.b_hh, {4 * s.H}, "b_hh", Arg::input}},
+                          workspace, "lstm_forward");
+  using lstm_detail::in_or_null, lstm_detail::out_or_null;
+  cpu::lstm_forward(y.data_as<float>(), out_or_null(final_state.h), out_or_null(final_state.c),
+                    reserve.data_as<float>(), x.data_as<float>(), in_or_null(initial.h), in_or_null(initial.c),
+                    w.w_ih.data_as<float>(), w.w_hh.data_as<float>(), w.b_ih.data_as<float>(),
+                    w.b_hh.data_as<float>(), s);
+}
+
+// The gradients of a loss L, given dy = dL/dy, dfinal = (dL/dhT, dL/dcT),
+// each of those two undefined for zeros:
+//   dx = dL/dx (overwritten, whatever it held);
+//   dinitial.h = dL/dh0, dinitial.c = dL/dc0 (overwritten; undefined: skipped);
+//   grads.dw_ih += dL/dw_ih, and so on for dw_hh, db_ih, db_hh (the two bias
+//   gradients are equal: both biases enter the gates as one sum).
+// x, initial.h, w, y and the reserve are as the forward saw or left them
+// (initial.h undefined exactly when it was there); initial.c is not needed
+// (the reserve holds c_0) and is not read, nor are w.b_ih and w.b_hh: each
+// may be undefined. No output may overlap an input,
+// another output or the workspace.
+inline void lstm_backward(const Tensor& dx /* (T, N, I) */, const LstmState& dinitial /* (N, H) each, or undefined */,
+                          const LstmGrads& grads, const Tensor& dy /* (T, N, H) */,
+                          const LstmState& dfinal /* (N, H) each, or undefined: zeros */,
+                          const Tensor& x /* (T, N, I) */, const LstmState& initial /* .h (N, H) or undefined */,
+                          const LstmWeights& w /* .w_ih, .w_hh */, const Tensor& y /* (T, N, H) */,
+                          const Tensor& reserve /* (lstm_reserve_elems(s)) */, const LstmShape& s,
+                          const Tensor& workspace /* >= lstm_workspace_elems(s) */,
+                          [[maybe_unused]] const Stream& stream /* for the CUDA path, issue #6 */) {
+  using lstm_detail::Arg;
+  lstm_detail::check_call(s,
+                          {{&dx, {s.T, s.N, s.I}, "dx", Arg::output},
+                           {&dinitial.h, {s.N, s.H}, "dh0", Arg::optional_output},
+                           {&dinitial.c, {s.N, s.H}, "dc0", Arg::optional_output},
+                           {&grads.dw_ih, {4 * s.H, s.I}, "dw_ih", Arg::output},
+                           {&grads.dw_hh, {4 * s.H, s.H}, "dw_hh", Arg::output},
+                           {&grads.db_ih, {4 * s.H}, "db_ih", Arg::output},
+                           {&grads.db_hh, {4 * s.H}, "db_hh", Arg::output},
+                           {&dy, {s.T, s.N, s.H}, "dy", Arg::input},
+                           {&dfinal.h, {s.N, s.H}, "dhT", Arg::optional_input},
+                           {&dfinal.c, {s.N, s.H}, "dcT", Arg::optional_input},
+                           {&x, {s.T, s.N, s.I}, "x", Arg::input},
+                           {&initial.h, {s.N, s.H}, "h0", Arg::optional_input},
+                           {&w.w_ih, {4 * s.H, s.I}, "w_ih", Arg::input},
+                           {&w.w_hh, {4 * s.H, s.H}, "w_hh", Arg::input},
+                           {&y, {s.T, s.N, s.H}, "y", Arg::input},
+                           {&reserve, {lstm_reserve_elems(s)}, "reserve", Arg::input}},
+                          workspace, "lstm_backward");
+  using lstm_detail::in_or_null, lstm_detail::out_or_null;
+  cpu::lstm_backward(dx.data_as<float>(), out_or_null(dinitial.h), out_or_null(dinitial.c),
+                     grads.dw_ih.data_as<float>(), grads.dw_hh.data_as<float>(), grads.db_ih.data_as<float>(),
+                     grads.db_hh.data_as<float>(), dy.data_as<float>(), in_or_null(dfinal.h), in_or_null(dfinal.c),
+                     x.data_as<float>(), in_or_null(initial.h), w.w_ih.data_as<float>(), w.w_hh.data_as<float>(),
+                     y.data_as<float>(), reserve.data_as<float>(), s, workspace.data_as<float>());
+}
+
+}  // namespace tandem::kernels
