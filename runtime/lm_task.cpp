@@ -9,6 +9,14 @@ namespace tandem {
 
 namespace {
 
+std::vector<std::string> train_shards(const TrainConfig& c) {
+  if (c.train_data.empty())
+    throw UserError(fmt::format("{} sets no train_data (token files, e.g. \"data/fortunes_train.bin\", made by "
+                                "`tandem data tokenize`)",
+                                c.source));
+  return expand_token_shards(c.train_data);
+}
+
 TokenLoaderOptions loader_options(const TrainConfig& c, const parallel::ProcessGroup& pg) {
   return {.batch_size = c.batch_size, .seq_len = c.seq_len, .rank = pg.rank(), .world_size = pg.size()};
 }
@@ -29,7 +37,7 @@ void TokenBatch::next(TokenLoader& loader, const Context& ctx) {
 }
 
 LanguageModelTask::LanguageModelTask(const TrainConfig& config, const parallel::ProcessGroup& pg)
-    : train_(expand_token_shards(config.train_data), loader_options(config, pg)),
+    : train_(train_shards(config), loader_options(config, pg)),
       val_batches_(config.val_batches),
       comm_timeout_(static_cast<int64_t>(config.comm_timeout * 1000)) {
   if (!config.val_data.empty())

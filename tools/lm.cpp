@@ -1,9 +1,10 @@
-// tandem eval:     the mean next-token loss of a GPT-2 checkpoint on a token file.
-// tandem generate: text sampled from a byte-level GPT-2 checkpoint.
-// --checkpoint takes a Hugging Face directory (config.json +
+// tandem eval:     the mean next-token loss of a language model checkpoint on a token file.
+// tandem generate: text sampled from a byte-level language model checkpoint.
+// --checkpoint takes a GPT-2 Hugging Face directory (config.json +
 // model.safetensors: one of tandem's step directories, or transformers'
-// save_pretrained output) or a checkpoint directory, whose newest valid
-// step is used.
+// save_pretrained output), a tandem step directory of another language
+// model (the lstm: its config is in the manifest), or a checkpoint
+// directory, whose newest valid step is used.
 #include <fmt/format.h>
 
 #include <algorithm>
@@ -13,6 +14,8 @@
 #include <memory>
 
 #include "models/gpt2/hf_checkpoint.h"
+#include "models/lstm/lstm.h"
+#include "runtime/checkpoint.h"
 #include "runtime/byte_tokenizer.h"
 #include "runtime/core/philox.h"
 #include "runtime/lm_task.h"
@@ -32,25 +35,47 @@ struct ModelArgs {
 };
 
 void add_model_options(CLI::App* cmd, ModelArgs& args) {
-  cmd->add_option("--checkpoint", args.checkpoint, "A GPT-2 directory (config.json + model.safetensors) or a "
-                                                    "checkpoint directory (its newest valid step)")
+  cmd->add_option("--checkpoint", args.checkpoint, "A GPT-2 directory (config.json + model.safetensors), a step "
+                                                    "directory, or a checkpoint directory (its newest valid step)")
       ->required();
   cmd->add_option("--device", args.device, "cpu, cuda, cuda:N or auto (default cpu)");
   cmd->add_option("--dtype", args.dtype, "f32, or bf16 on CUDA (default f32)");
 }
 
 std::string model_dir(const std::string& dir) {
-  if (fs::exists(fs::path(dir) / "config.json")) return dir;
+  if (fs::exists(fs::path(dir) / "config.json") || fs::exists(fs::path(dir) / "manifest.json")) return dir;
   std::optional<std::string> newest = newest_valid_checkpoint(dir);
   if (!newest) throw UserError(fmt::format("{} holds neither config.json nor a valid step_* checkpoint", dir));
   return *newest;
 }
 
-// The model and the context it computes in (evaluation mode).
+// A language model and the context it computes in (evaluation mode).
 struct Loaded {
-  std::unique_ptr<models::Gpt2> model;
+  std::unique_ptr<models::Gpt2> gpt2;  // one of these two
+  std::unique_ptr<models::CharLstm> lstm;
+  Module* model = nullptr;
+  int64_t vocab_size = 0;
+  int64_t context = 0;  // the longest input it takes, or reads well
   Context ctx;
 };
+
+// The lstm of a tandem step directory: built from the config in its
+// manifest, weights from its model.safetensors.
+void load_lstm(Loaded& l, const std::string& step_dir) {
+  nlohmann::json manifest = verify_checkpoint(step_dir);
+  toml::table config = toml::parse(manifest.value("config", std::string()));
+  std::string model = config["model"].value_or(std::string());
+  if (model != "lstm")
+    throw UserError(fmt::format("{} holds a '{}' model: eval and generate take gpt2 (with config.json) or lstm",
+                                step_dir, model));
+  const toml::table* options = config["lstm"].as_table();
+  l.lstm = std::make_unique<models::CharLstm>(
+      models::parse_lstm_options(options ? *options : toml::table{}, step_dir + "/manifest.json"));
+  l.lstm->params.allocate(l.ctx.device, l.ctx.dtype, load_resume_point(step_dir, l.lstm->params).weights);
+  l.model = &l.lstm->net;
+  l.vocab_size = l.lstm->params.find("head.bias").numel();
+  l.context = config["seq_len"].value_or(int64_t{64});  // what it was trained on
+}
 
 Loaded load(const ModelArgs& args) {
   Loaded l;
@@ -64,7 +89,15 @@ Loaded load(const ModelArgs& args) {
   }
   l.ctx.stream = Stream::create(l.ctx.device);
   l.ctx.training = false;
-  l.model = models::load_gpt2(model_dir(args.checkpoint), l.ctx.device, l.ctx.dtype);
+  std::string dir = model_dir(args.checkpoint);
+  if (!fs::exists(fs::path(dir) / "config.json")) {
+    load_lstm(l, dir);
+    return l;
+  }
+  l.gpt2 = models::load_gpt2(dir, l.ctx.device, l.ctx.dtype);
+  l.model = l.gpt2.get();
+  l.vocab_size = l.gpt2->config().vocab_size;
+  l.context = l.gpt2->config().n_positions;
   return l;
 }
 
@@ -75,9 +108,9 @@ struct EvalArgs : ModelArgs {
 
 void run_eval(const EvalArgs& args) {
   Loaded l = load(args);
-  int64_t T = args.seq_len > 0 ? args.seq_len : l.model->config().n_positions;
-  if (T > l.model->config().n_positions)
-    throw UserError(fmt::format("--seq-len {} exceeds the model's n_positions {}", T, l.model->config().n_positions));
+  int64_t T = args.seq_len > 0 ? args.seq_len : l.context;
+  if (l.gpt2 && T > l.context)
+    throw UserError(fmt::format("--seq-len {} exceeds the model's n_positions {}", T, l.context));
   TokenLoader loader(expand_token_shards(args.data), {.batch_size = args.batch_size, .seq_len = T});
   int64_t batches = args.batches > 0 ? std::min(args.batches, loader.num_batches()) : loader.num_batches();
   double loss = mean_token_loss(*l.model, loader, batches, l.ctx);
@@ -109,25 +142,25 @@ int32_t sample(const std::vector<float>& logits, double temperature, float u) {
 
 void run_generate(const GenerateArgs& args) {
   Loaded l = load(args);
-  const models::Gpt2Config& c = l.model->config();
-  if (c.vocab_size != kByteVocabSize)
+  if (l.vocab_size != kByteVocabSize)
     throw UserError(fmt::format("generate reads and writes bytes: the model's vocab_size must be {}, it is {} "
                                 "(a GPT-2 BPE model needs its tokenizer)",
-                                kByteVocabSize, c.vocab_size));
+                                kByteVocabSize, l.vocab_size));
   std::vector<uint16_t> prompt = byte_encode(args.prompt.empty() ? "\n" : args.prompt);
   std::vector<int32_t> context(prompt.begin(), prompt.end());
   fmt::print("{}", args.prompt);
   std::fflush(stdout);
   for (int64_t i = 0; i < args.tokens; i++) {
-    // The window of the last n_positions tokens; no key/value cache: the
-    // byte models this serves are small.
-    int64_t T = std::min<int64_t>(static_cast<int64_t>(context.size()), c.n_positions);
+    // The window of the last `l.context` tokens, run whole at each step (no
+    // key/value cache, no carried LSTM state): the byte models this serves
+    // are small.
+    int64_t T = std::min<int64_t>(static_cast<int64_t>(context.size()), l.context);
     Tensor tokens = Tensor::empty({1, T}, DType::i32, Device::cpu());
     std::copy(context.end() - T, context.end(), tokens.data_as<int32_t>());
     if (l.ctx.device.is_cuda()) tokens = tokens.to(l.ctx.device);
     Tensor logits = l.model->forward(tokens, l.ctx);
     l.ctx.stream.synchronize();
-    std::vector<float> last = logits.reshape({T, c.vocab_size}).slice_rows(T - 1, T).to_vector();
+    std::vector<float> last = logits.reshape({T, l.vocab_size}).slice_rows(T - 1, T).to_vector();
     int32_t next = sample(last, args.temperature, philox_uniform(args.seed, static_cast<uint64_t>(i)));
     context.push_back(next);
     fmt::print("{}", static_cast<char>(next));
@@ -140,7 +173,7 @@ void run_generate(const GenerateArgs& args) {
 
 void add_eval_command(CLI::App& app) {
   auto args = std::make_shared<EvalArgs>();
-  CLI::App* cmd = app.add_subcommand("eval", "Mean next-token loss of a GPT-2 checkpoint on token files");
+  CLI::App* cmd = app.add_subcommand("eval", "Mean next-token loss of a GPT-2 or LSTM checkpoint on token files");
   add_model_options(cmd, *args);
   cmd->add_option("--data", args->data, "llm.c token file(s), a glob pattern: data/fortunes_val.bin")->required();
   cmd->add_option("--batch-size", args->batch_size, "Sequences per batch (default 4)")->check(CLI::PositiveNumber);
@@ -153,7 +186,7 @@ void add_eval_command(CLI::App& app) {
 
 void add_generate_command(CLI::App& app) {
   auto args = std::make_shared<GenerateArgs>();
-  CLI::App* cmd = app.add_subcommand("generate", "Sample text from a byte-level GPT-2 checkpoint");
+  CLI::App* cmd = app.add_subcommand("generate", "Sample text from a byte-level GPT-2 or LSTM checkpoint");
   add_model_options(cmd, *args);
   cmd->add_option("--prompt", args->prompt, "Text to continue (default: a newline)");
   cmd->add_option("--tokens", args->tokens, "Tokens (bytes) to generate (default 200)")->check(CLI::NonNegativeNumber);

@@ -8,6 +8,7 @@
 #include "collectives/watchdog.h"
 #include "models/cnn/cnn.h"
 #include "models/gpt2/hf_checkpoint.h"
+#include "models/lstm/lstm.h"
 #include "models/mlp/mlp.h"
 #include "runtime/core/log.h"
 #include "runtime/lm_task.h"
@@ -100,13 +101,18 @@ TrainSummary train_cnn(const TrainConfig& config, const TrainArgs& args, const p
   return train_classifier(config, cnn.net, cnn.params, images.train, images.test, train_outputs(args), pg);
 }
 
+TrainSummary train_lstm(const TrainConfig& config, const TrainArgs& args, const parallel::ProcessGroup& pg) {
+  if (config.data != "tokens")
+    throw UserError(fmt::format("data '{}' in {} is not known for the lstm (available: tokens)", config.data,
+                                args.config));
+  models::CharLstm lstm(models::parse_lstm_options(config.model_options, args.config));
+  LanguageModelTask task(config, pg);
+  return train(config, lstm.net, lstm.params, task, train_outputs(args), pg);
+}
+
 TrainSummary train_gpt2(const TrainConfig& config, const TrainArgs& args, const parallel::ProcessGroup& pg) {
   if (config.data != "tokens")
     throw UserError(fmt::format("data '{}' in {} is not known for gpt2 (available: tokens)", config.data, args.config));
-  if (config.train_data.empty())
-    throw UserError(fmt::format("{} sets no train_data (token files, e.g. \"data/fortunes_train.bin\", made by "
-                                "`tandem data tokenize`)",
-                                args.config));
   // init_from: a Hugging Face directory's architecture and weights; else the [gpt2] table and the seed.
   models::Gpt2Config arch = config.init_from.empty()
                                 ? models::parse_gpt2_config(config.model_options, args.config)
@@ -126,14 +132,16 @@ TrainSummary train_gpt2(const TrainConfig& config, const TrainArgs& args, const 
 
 void run_train(const TrainArgs& args) {
   TrainConfig config = load_train_config(args.config, args.overrides);
-  if (config.model != "mlp" && config.model != "cnn" && config.model != "gpt2")
-    throw UserError(fmt::format("model '{}' in {} is not known (available: mlp, cnn, gpt2)", config.model, args.config));
+  if (config.model != "mlp" && config.model != "cnn" && config.model != "lstm" && config.model != "gpt2")
+    throw UserError(
+        fmt::format("model '{}' in {} is not known (available: mlp, cnn, lstm, gpt2)", config.model, args.config));
   auto timeout = collectives::Millis(static_cast<int64_t>(config.comm_timeout * 1000));
   WatchdogGuard watchdog;
   parallel::ProcessGroup pg = parallel::init_process_group(config.backend, resolve_device(config.device), timeout);
   TrainSummary s = config.model == "mlp"   ? train_mlp(config, args, pg)
-                   : config.model == "cnn" ? train_cnn(config, args, pg)
-                                           : train_gpt2(config, args, pg);
+                   : config.model == "cnn"  ? train_cnn(config, args, pg)
+                   : config.model == "lstm" ? train_lstm(config, args, pg)
+                                            : train_gpt2(config, args, pg);
   if (pg.rank() == 0) print_summary(s);
 }
 

@@ -1,8 +1,8 @@
-// GPT-2 through the CLI as a user runs it: tokenize text, train a small
-// byte-level model twice (bitwise-identical checkpoints, resumable
-// exactly), `tandem eval` against the float64 GPT-2 computed from the
-// checkpoint's own files, `tandem generate`, and data parallelism under
-// `tandem launch`.
+// Language models through the CLI as a user runs them: tokenize text,
+// train a small byte-level GPT-2 twice (bitwise-identical checkpoints,
+// resumable exactly), `tandem eval` against the float64 GPT-2 computed from
+// the checkpoint's own files, `tandem generate`, data parallelism under
+// `tandem launch`; and the same commands for the character LSTM.
 #include <fmt/format.h>
 
 #include <cmath>
@@ -52,6 +52,24 @@ struct Workspace {
                                     (dir / "text.txt").string(), (dir / "text").string()));
     INFO(r.output);
     REQUIRE(r.exit_code == 0);
+    std::ofstream(dir / "lstm.toml") << fmt::format(R"(model = "lstm"
+data = "tokens"
+train_data = "{0}/text_train.bin"
+val_data = "{0}/text_val.bin"
+seed = 7
+batch_size = 4
+seq_len = 16
+max_steps = 12
+lr = 3e-3
+log_every = 4
+eval_every = 12
+val_batches = 4
+[lstm]
+embedding = 8
+hidden = 16
+layers = 2
+)",
+                                                    dir.string());
     std::ofstream(dir / "small.toml") << fmt::format(R"(model = "gpt2"
 data = "tokens"
 train_data = "{0}/text_train.bin"
@@ -206,4 +224,28 @@ TEST_CASE("transformers' GPT2LMHeadModel loads a tandem checkpoint and agrees wi
   REQUIRE(theirs.exit_code == 0);
   double a = last_json(ours.output)["loss"], b = last_json(theirs.output)["loss"];
   REQUIRE(std::fabs(a - b) <= 1e-5 * b);
+}
+
+TEST_CASE("the character LSTM trains, evaluates and generates from its checkpoint", "[e2e][lstm]") {
+  Workspace w;
+  std::string config = (w.dir / "lstm.toml").string(), ckpt = (w.dir / "lstm").string();
+  ShellResult first = run_tandem("train --config " + config + " --ckpt-dir " + ckpt);
+  INFO(first.output);
+  REQUIRE(first.exit_code == 0);
+  double val_loss = last_json(first.output)["val_loss"];
+  REQUIRE(val_loss < std::log(256.0));
+  ShellResult second = run_tandem("train --config " + config + " --ckpt-dir " + (w.dir / "again").string());
+  REQUIRE(file_bytes(fs::path(ckpt) / "step_00000012" / "model.safetensors") ==
+          file_bytes(w.dir / "again" / "step_00000012" / "model.safetensors"));
+
+  // The trainer's val_loss and tandem eval read the same 4 batches of 4 x 16 from the file's start.
+  ShellResult eval = run_tandem(fmt::format("eval --checkpoint {} --data {}/text_val.bin --batch-size 4 --seq-len 16 "
+                                            "--batches 4",
+                                            ckpt, w.dir.string()));
+  INFO(eval.output);
+  REQUIRE(eval.exit_code == 0);
+  REQUIRE(std::fabs(last_json(eval.output)["loss"].get<double>() - val_loss) <= 1e-6 * val_loss);
+  ShellResult text = run_tandem("generate --checkpoint " + ckpt + " --prompt 'The quick' --tokens 20 --seed 1");
+  REQUIRE(text.exit_code == 0);
+  REQUIRE(text.output.find("The quick") != std::string::npos);
 }

@@ -3,6 +3,7 @@
 #include <random>
 
 #include "runtime/layers.h"
+#include "runtime/lstm_layer.h"
 #include "runtime/vision_layers.h"
 #include "runtime/gradcheck.h"
 
@@ -186,4 +187,13 @@ TEST_CASE("BatchNorm2d: backward matches finite differences; eval uses the runni
     double want = (xs[i] - running[c]) / std::sqrt(static_cast<double>(var[c]) + 1e-5) * w[c] + b[c];
     REQUIRE(std::fabs(ys[i] - want) <= 1e-5 * (1 + std::fabs(want)));
   }
+}
+
+TEST_CASE("LSTM (two layers, batch first) backward matches finite differences", "[modules][lstm]") {
+  uint64_t seed = fresh_seed();
+  INFO("seed=" << seed);
+  ParameterSet params;
+  Lstm m(params, "lstm", 3, 4, 2);
+  REQUIRE(params.find("lstm.weight_ih_l1").shape == Shape{16, 4});
+  check_module(m, params, random_tensor({2, 5, 3}, seed), seed);
 }

@@ -1,0 +1,39 @@
+// A multi-layer LSTM module over batch-first sequences, as PyTorch's
+// nn.LSTM(input_size, hidden_size, num_layers, batch_first=True): (B, T, I)
+// -> (B, T, H), zero initial state, the top layer's h at every step out.
+// Parameter names and initialisation are PyTorch's: weight_ih_l{k}
+// (4H, I or H), weight_hh_l{k} (4H, H), bias_ih_l{k}, bias_hh_l{k} (4H),
+// all U(-1/sqrt(H), 1/sqrt(H)); gate order i, f, g, o.
+//
+// The kernels (kernels/lstm.h) run sequence-first (T, N, I), as cuDNN does;
+// the module transposes at its two ends. CPU only for now.
+#pragma once
+
+#include "kernels/lstm.h"
+#include "runtime/module.h"
+
+namespace tandem {
+
+class Lstm : public Module {
+ public:
+  Lstm(ParameterSet& params, const std::string& prefix, int64_t input_size, int64_t hidden_size, int64_t num_layers);
+  Tensor forward(const Tensor& input, Context& ctx) override;
+  Tensor backward(const Tensor& grad_output, Context& ctx) override;
+  const char* kind() const override { return "LSTM"; }
+
+ private:
+  struct Layer {
+    Parameter *w_ih, *w_hh, *b_ih, *b_hh;
+    // The layer's input and output (T, B, .), what its backward needs, and
+    // its input's gradient (the output gradient of the layer below).
+    Tensor x, y, reserve, dx;
+  };
+  kernels::LstmShape shape(size_t l) const;
+
+  int64_t input_size_, hidden_;
+  int64_t B_ = 0, T_ = 0;
+  std::vector<Layer> layers_;
+  Tensor workspace_, dy_, output_, grad_input_;
+};
+
+}  // namespace tandem
