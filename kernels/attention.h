@@ -94,14 +94,6 @@ inline void check_lse(const Tensor& lse, const Tensor& qkv, const Sizes& s, cons
   check_shape(lse, {s.B, s.NH, s.T}, "lse (B, NH, T)", op);
 }
 
-// Whether the bytes of a and b overlap (same device assumed): catches views
-// into one buffer as well as the same tensor twice.
-inline bool overlaps(const Tensor& a, const Tensor& b) {
-  const char* pa = static_cast<const char*>(a.data());
-  const char* pb = static_cast<const char*>(b.data());
-  return a.nbytes() > 0 && b.nbytes() > 0 && pa < pb + b.nbytes() && pb < pa + a.nbytes();
-}
-
 inline void check_no_overlap(const Tensor& written, const Tensor& other, const char* names, const char* op) {
   TANDEM_CHECK(!overlaps(written, other), std::string(op) + ": " + names + " overlap; they must not alias");
 }

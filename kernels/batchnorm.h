@@ -102,11 +102,6 @@ inline void check_options(const BatchNormOptions& o, const char* op) {
                std::string(op) + ": momentum must be in [0, 1], got " + std::to_string(o.momentum));
 }
 
-// Whether the elements of x and y share any byte (same device assumed).
-inline bool overlaps(const Tensor& x, const Tensor& y) {
-  auto lo_x = static_cast<const char*>(x.data()), lo_y = static_cast<const char*>(y.data());
-  return x.nbytes() > 0 && y.nbytes() > 0 && lo_x < lo_y + y.nbytes() && lo_y < lo_x + x.nbytes();
-}
 }  // namespace batchnorm_detail
 
 // Training: out = batchnorm(inp) * weight + bias with the batch statistics;
@@ -131,7 +126,7 @@ inline void batchnorm_forward_train(const Tensor& out, const Tensor& save_mean, 
   batchnorm_detail::check_channel(weight, inp, C, "weight", op);
   batchnorm_detail::check_channel(bias, inp, C, "bias", op);
   batchnorm_detail::check_options(options, op);
-  TANDEM_CHECK(!batchnorm_detail::overlaps(out, inp), std::string(op) + ": out overlaps inp");
+  TANDEM_CHECK(!overlaps(out, inp), std::string(op) + ": out overlaps inp");
   cpu::batchnorm_forward_train(out.data_as<float>(), save_mean.data_as<float>(), save_rstd.data_as<float>(),
                                running_mean.data_as<float>(), running_var.data_as<float>(), inp.data_as<float>(),
                                weight.data_as<float>(), bias.data_as<float>(), N, C, HW, options);
@@ -153,7 +148,7 @@ inline void batchnorm_forward_eval(const Tensor& out, const Tensor& inp, const T
   batchnorm_detail::check_channel(running_mean, inp, C, "running_mean", op);
   batchnorm_detail::check_channel(running_var, inp, C, "running_var", op);
   batchnorm_detail::check_options(options, op);
-  TANDEM_CHECK(out.data() == inp.data() || !batchnorm_detail::overlaps(out, inp),
+  TANDEM_CHECK(out.data() == inp.data() || !overlaps(out, inp),
                std::string(op) + ": out overlaps inp without being the same elements");
   cpu::batchnorm_forward_eval(out.data_as<float>(), inp.data_as<float>(), weight.data_as<float>(),
                               bias.data_as<float>(), running_mean.data_as<float>(), running_var.data_as<float>(),
@@ -178,9 +173,9 @@ inline void batchnorm_backward(const Tensor& dinp, const Tensor& dweight, const 
   batchnorm_detail::check_channel(dbias, inp, C, "dbias", op);
   batchnorm_detail::check_channel(save_mean, inp, C, "save_mean", op);
   batchnorm_detail::check_channel(save_rstd, inp, C, "save_rstd", op);
-  TANDEM_CHECK(dinp.data() == dout.data() || !batchnorm_detail::overlaps(dinp, dout),
+  TANDEM_CHECK(dinp.data() == dout.data() || !overlaps(dinp, dout),
                std::string(op) + ": dinp overlaps dout without being the same elements");
-  TANDEM_CHECK(!batchnorm_detail::overlaps(dinp, inp), std::string(op) + ": dinp overlaps inp");
+  TANDEM_CHECK(!overlaps(dinp, inp), std::string(op) + ": dinp overlaps inp");
   cpu::batchnorm_backward(dinp.data_as<float>(), dweight.data_as<float>(), dbias.data_as<float>(),
                           dout.data_as<float>(), inp.data_as<float>(), weight.data_as<float>(),
                           save_mean.data_as<float>(), save_rstd.data_as<float>(), N, C, HW);

@@ -44,6 +44,14 @@ inline void check_same_float(const Tensor& a, const Tensor& b, const char* op) {
                                            " and " + dtype_name(b.dtype()));
 }
 
+// Whether the bytes of a and b overlap (same device assumed): catches views
+// into one buffer as well as the same tensor twice.
+inline bool overlaps(const Tensor& a, const Tensor& b) {
+  const char* pa = static_cast<const char*>(a.data());
+  const char* pb = static_cast<const char*>(b.data());
+  return a.nbytes() > 0 && b.nbytes() > 0 && pa < pb + b.nbytes() && pb < pa + a.nbytes();
+}
+
 inline void check_numel(const Tensor& t, int64_t n, const char* op) {
   TANDEM_CHECK(t.numel() == n, std::string(op) + ": expected " + std::to_string(n) +
                                    " elements, got " + shape_str(t.shape()));

@@ -113,12 +113,6 @@ void conv2d_backward_filter(float* dweight, float* dbias,          // (K,C,R,S) 
 
 namespace conv2d_detail {
 
-// Whether the elements of x and y share any byte (same device assumed).
-inline bool overlaps(const Tensor& x, const Tensor& y) {
-  auto lo_x = static_cast<const char*>(x.data()), lo_y = static_cast<const char*>(y.data());
-  return x.nbytes() > 0 && y.nbytes() > 0 && lo_x < lo_y + y.nbytes() && lo_y < lo_x + x.nbytes();
-}
-
 // Every call goes through here: the shape is valid, every tensor is on one
 // device (CPU: CUDA is not there yet) and f32, `shaped` tensors have exactly
 // their shape (contiguity holds for every Tensor, see runtime/core/tensor.h),

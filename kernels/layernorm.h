@@ -76,11 +76,6 @@ inline void check_stats(const Tensor& stat, const Tensor& like, int64_t N, const
   check_numel(stat, N, op);
 }
 
-// Whether the elements of x and y share any byte (same device assumed).
-inline bool overlaps(const Tensor& x, const Tensor& y) {
-  auto lo_x = static_cast<const char*>(x.data()), lo_y = static_cast<const char*>(y.data());
-  return x.nbytes() > 0 && y.nbytes() > 0 && lo_x < lo_y + y.nbytes() && lo_y < lo_x + x.nbytes();
-}
 }  // namespace layernorm_detail
 
 // out = layernorm(inp) * weight + bias; also writes mean and rstd for the
@@ -135,7 +130,6 @@ inline void residual_layernorm_forward(const Tensor& residual, const Tensor& out
   check_numel(bias, C, op);
   layernorm_detail::check_stats(mean, a, N, op);
   layernorm_detail::check_stats(rstd, a, N, op);
-  using layernorm_detail::overlaps;
   TANDEM_CHECK(!overlaps(out, residual) && !overlaps(out, a) && !overlaps(out, b),
                std::string(op) + ": out overlaps residual, a or b");
   for (const Tensor* in : {&a, &b})

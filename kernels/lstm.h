@@ -124,12 +124,6 @@ void lstm_backward(float* dx, float* dh0, float* dc0,                           
 
 namespace lstm_detail {
 
-// Whether the elements of x and y share any byte (same device assumed).
-inline bool overlaps(const Tensor& x, const Tensor& y) {
-  auto lo_x = static_cast<const char*>(x.data()), lo_y = static_cast<const char*>(y.data());
-  return x.nbytes() > 0 && y.nbytes() > 0 && lo_x < lo_y + y.nbytes() && lo_y < lo_x + x.nbytes();
-}
-
 enum class Arg {
   input,            // must be defined
   output,           // must be defined; overlaps nothing else

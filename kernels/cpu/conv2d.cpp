@@ -11,27 +11,15 @@
 //
 // A pointwise convolution (1x1, stride 1, no padding) has col == inp_n
 // (C, H*W) itself: it skips im2col/col2im and multiplies the image directly.
-#include <cblas.h>
 
 #include <algorithm>
-#include <limits>
 
 #include "kernels/conv2d.h"
+#include "kernels/cpu/blas.h"
 
 namespace tandem::kernels::cpu {
 
 namespace {
-
-// Row-major C (M, Nc) = op(A) (M, Kd) x op(B) (Kd, Nc) + beta C. Every size
-// is positive here (check_conv2d_shape).
-void sgemm(CBLAS_TRANSPOSE ta, CBLAS_TRANSPOSE tb, int64_t M, int64_t Nc, int64_t Kd, const float* A, int64_t lda,
-           const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
-  constexpr int64_t kMax = std::numeric_limits<blasint>::max();
-  TANDEM_CHECK(M <= kMax && Nc <= kMax && Kd <= kMax && lda <= kMax && ldb <= kMax && ldc <= kMax,
-               "conv2d: a GEMM dimension exceeds what this OpenBLAS build indexes");
-  cblas_sgemm(CblasRowMajor, ta, tb, static_cast<blasint>(M), static_cast<blasint>(Nc), static_cast<blasint>(Kd),
-              1.f, A, static_cast<blasint>(lda), B, static_cast<blasint>(ldb), beta, C, static_cast<blasint>(ldc));
-}
 
 bool is_pointwise(const Conv2dShape& s) {
   return s.R == 1 && s.S == 1 && s.stride_h == 1 && s.stride_w == 1 && s.pad_h == 0 && s.pad_w == 0;

@@ -16,28 +16,16 @@
 //   dw_ih  (4H, I) += dgates^T x x (TN, I)
 //   dw_hh  (4H, H) += dgates_{2..T}^T x y_{1..T-1} ((T-1)N, H), + dgates_1^T x h0
 //   db_ih, db_hh   += the column sums of dgates
-#include <cblas.h>
 
 #include <algorithm>
 #include <cmath>
-#include <limits>
 
 #include "kernels/lstm.h"
+#include "kernels/cpu/blas.h"
 
 namespace tandem::kernels::cpu {
 
 namespace {
-
-// Row-major C (M, Nc) = op(A) (M, Kd) x op(B) (Kd, Nc) + beta C. Every size
-// is positive here (check_lstm_shape).
-void sgemm(CBLAS_TRANSPOSE ta, CBLAS_TRANSPOSE tb, int64_t M, int64_t Nc, int64_t Kd, const float* A, int64_t lda,
-           const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
-  constexpr int64_t kMax = std::numeric_limits<blasint>::max();
-  TANDEM_CHECK(M <= kMax && Nc <= kMax && Kd <= kMax && lda <= kMax && ldb <= kMax && ldc <= kMax,
-               "lstm: a GEMM dimension exceeds what this OpenBLAS build indexes");
-  cblas_sgemm(CblasRowMajor, ta, tb, static_cast<blasint>(M), static_cast<blasint>(Nc), static_cast<blasint>(Kd),
-              1.f, A, static_cast<blasint>(lda), B, static_cast<blasint>(ldb), beta, C, static_cast<blasint>(ldc));
-}
 
 // The reserve, lstm_reserve_elems(s) floats, in this order:
 //   gates  (T, N, 4H)   i, f, g, o of each step after their nonlinearity
