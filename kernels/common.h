@@ -12,6 +12,7 @@
 // add up; activation gradients need no zeroing at all.
 #pragma once
 
+#include <initializer_list>
 #include <string>
 
 #include "runtime/core/error.h"
@@ -50,6 +51,68 @@ inline bool overlaps(const Tensor& a, const Tensor& b) {
   const char* pa = static_cast<const char*>(a.data());
   const char* pb = static_cast<const char*>(b.data());
   return a.nbytes() > 0 && b.nbytes() > 0 && pa < pb + b.nbytes() && pb < pa + a.nbytes();
+}
+
+// One tensor argument of a CPU-only kernel family with a workspace (conv2d,
+// lstm): where it points, the shape it must have, its name for errors, and
+// what the call does with it.
+enum class ArgKind {
+  input,            // must be defined
+  output,           // must be defined; overlaps nothing else
+  optional_input,   // may be undefined (the family says what that means)
+  optional_output,  // may be undefined: not written
+};
+
+struct TensorArg {
+  const Tensor* t;
+  Shape shape;
+  const char* name;
+  ArgKind kind;
+};
+
+// Every call of such a family goes through here, after the family checked
+// its shape struct (described by `shape_text`): required tensors are
+// defined; every defined tensor is on one device (the CPU: `family` on CUDA
+// is not there yet) and f32 with exactly its shape (contiguity holds for
+// every Tensor); the workspace holds at least `workspace_elems` floats; and
+// no output overlaps another tensor or the workspace. The first argument
+// must be a required one.
+inline void check_workspace_call(const char* op, const char* family, const std::string& shape_text,
+                                 std::initializer_list<TensorArg> tensors, const Tensor& workspace,
+                                 int64_t workspace_elems) {
+  auto is_output = [](const TensorArg& a) { return a.kind == ArgKind::output || a.kind == ArgKind::optional_output; };
+  auto is_required = [](const TensorArg& a) { return a.kind == ArgKind::input || a.kind == ArgKind::output; };
+  const Tensor& first = *tensors.begin()->t;
+  for (const TensorArg& a : tensors) {
+    if (!is_required(a) && !a.t->defined()) continue;
+    TANDEM_CHECK(a.t->defined(), std::string(op) + ": " + a.name + " is undefined");
+    check_same_device(*a.t, first, op);
+  }
+  TANDEM_CHECK(workspace.defined(), std::string(op) + ": workspace is undefined");
+  check_same_device(workspace, first, op);
+  if (first.device().is_cuda())
+    throw UserError(std::string(family) + " on CUDA is not implemented yet (cuDNN comes with issue #6)");
+
+  for (const TensorArg& a : tensors) {
+    if (!a.t->defined()) continue;
+    TANDEM_CHECK(a.t->dtype() == DType::f32,
+                 std::string(op) + ": " + a.name + " must be f32, got " + dtype_name(a.t->dtype()));
+    TANDEM_CHECK(a.t->shape() == a.shape, std::string(op) + ": " + a.name + " must be " + shape_str(a.shape) +
+                                              " for " + shape_text + ", got " + shape_str(a.t->shape()));
+  }
+  TANDEM_CHECK(workspace.dtype() == DType::f32,
+               std::string(op) + ": workspace must be f32, got " + dtype_name(workspace.dtype()));
+  TANDEM_CHECK(workspace.numel() >= workspace_elems,
+               std::string(op) + ": workspace holds " + std::to_string(workspace.numel()) + " floats, needs " +
+                   std::to_string(workspace_elems) + " (" + family + "_workspace_elems)");
+  for (const TensorArg& a : tensors) {
+    if (!a.t->defined()) continue;
+    TANDEM_CHECK(!overlaps(*a.t, workspace), std::string(op) + ": " + a.name + " overlaps the workspace");
+    if (!is_output(a)) continue;
+    for (const TensorArg& other : tensors)
+      TANDEM_CHECK(&other == &a || !other.t->defined() || !overlaps(*a.t, *other.t),
+                   std::string(op) + ": " + a.name + " overlaps " + other.name);
+  }
 }
 
 inline void check_numel(const Tensor& t, int64_t n, const char* op) {

@@ -112,49 +112,12 @@ void conv2d_backward_filter(float* dweight, float* dbias,          // (K,C,R,S) 
 }  // namespace cpu
 
 namespace conv2d_detail {
-
-// Every call goes through here: the shape is valid, every tensor is on one
-// device (CPU: CUDA is not there yet) and f32, `shaped` tensors have exactly
-// their shape (contiguity holds for every Tensor, see runtime/core/tensor.h),
-// the workspace is big enough, and no output overlaps another tensor.
-struct Checked {
-  const Tensor* t;
-  Shape shape;
-  const char* name;
-  bool is_output;
-};
-inline void check_call(const Conv2dShape& s, std::initializer_list<Checked> tensors, const Tensor& workspace,
+// The shape, then every tensor (check_workspace_call in kernels/common.h).
+inline void check_call(const Conv2dShape& s, std::initializer_list<TensorArg> tensors, const Tensor& workspace,
                        const char* op) {
   check_conv2d_shape(s);
-  const Tensor& first = *tensors.begin()->t;
-  for (const Checked& c : tensors) {
-    TANDEM_CHECK(c.t->defined(), std::string(op) + ": " + c.name + " is undefined");
-    check_same_device(*c.t, first, op);
-  }
-  TANDEM_CHECK(workspace.defined(), std::string(op) + ": workspace is undefined");
-  check_same_device(workspace, first, op);
-  if (first.device().is_cuda()) throw UserError("conv2d on CUDA is not implemented yet (cuDNN comes with issue #6)");
-
-  for (const Checked& c : tensors) {
-    TANDEM_CHECK(c.t->dtype() == DType::f32,
-                 std::string(op) + ": " + c.name + " must be f32, got " + dtype_name(c.t->dtype()));
-    TANDEM_CHECK(c.t->shape() == c.shape, std::string(op) + ": " + c.name + " must be " + shape_str(c.shape) +
-                                              " for " + s.str() + ", got " + shape_str(c.t->shape()));
-  }
-  TANDEM_CHECK(workspace.dtype() == DType::f32,
-               std::string(op) + ": workspace must be f32, got " + dtype_name(workspace.dtype()));
-  TANDEM_CHECK(workspace.numel() >= conv2d_workspace_elems(s),
-               std::string(op) + ": workspace holds " + std::to_string(workspace.numel()) + " floats, needs " +
-                   std::to_string(conv2d_workspace_elems(s)) + " (conv2d_workspace_elems)");
-  for (const Checked& c : tensors) {
-    TANDEM_CHECK(!overlaps(*c.t, workspace), std::string(op) + ": " + c.name + " overlaps the workspace");
-    if (!c.is_output) continue;
-    for (const Checked& other : tensors)
-      TANDEM_CHECK(&other == &c || !overlaps(*c.t, *other.t),
-                   std::string(op) + ": " + c.name + " overlaps " + other.name);
-  }
+  check_workspace_call(op, "conv2d", s.str(), tensors, workspace, conv2d_workspace_elems(s));
 }
-
 }  // namespace conv2d_detail
 
 // out = conv(inp, weight) + bias; an undefined bias adds nothing. out must
@@ -163,14 +126,12 @@ inline void conv2d_forward(const Tensor& out /* (N, K, P, Q) */, const Tensor& i
                            const Tensor& weight /* (K, C, R, S) */, const Tensor& bias /* (K) or undefined */,
                            const Conv2dShape& s, const Tensor& workspace /* >= conv2d_workspace_elems(s) */,
                            [[maybe_unused]] const Stream& stream /* for the CUDA path, issue #6 */) {
-  using conv2d_detail::Checked;
-  const char* op = "conv2d_forward";
-  Checked o{&out, {s.N, s.K, s.P(), s.Q()}, "out", true}, x{&inp, {s.N, s.C, s.H, s.W}, "inp", false},
-      w{&weight, {s.K, s.C, s.R, s.S}, "weight", false}, b{&bias, {s.K}, "bias", false};
-  if (bias.defined())
-    conv2d_detail::check_call(s, {o, x, w, b}, workspace, op);
-  else
-    conv2d_detail::check_call(s, {o, x, w}, workspace, op);
+  conv2d_detail::check_call(s,
+                            {{&out, {s.N, s.K, s.P(), s.Q()}, "out", ArgKind::output},
+                             {&inp, {s.N, s.C, s.H, s.W}, "inp", ArgKind::input},
+                             {&weight, {s.K, s.C, s.R, s.S}, "weight", ArgKind::input},
+                             {&bias, {s.K}, "bias", ArgKind::optional_input}},
+                            workspace, "conv2d_forward");
   cpu::conv2d_forward(out.data_as<float>(), inp.data_as<float>(), weight.data_as<float>(),
                       bias.defined() ? bias.data_as<float>() : nullptr, s, workspace.data_as<float>());
 }
@@ -183,9 +144,9 @@ inline void conv2d_backward_data(const Tensor& dinp /* (N, C, H, W) */, const Te
                                  const Tensor& workspace /* >= conv2d_workspace_elems(s) */,
                                  [[maybe_unused]] const Stream& stream /* for the CUDA path, issue #6 */) {
   conv2d_detail::check_call(s,
-                            {{&dinp, {s.N, s.C, s.H, s.W}, "dinp", true},
-                             {&dout, {s.N, s.K, s.P(), s.Q()}, "dout", false},
-                             {&weight, {s.K, s.C, s.R, s.S}, "weight", false}},
+                            {{&dinp, {s.N, s.C, s.H, s.W}, "dinp", ArgKind::output},
+                             {&dout, {s.N, s.K, s.P(), s.Q()}, "dout", ArgKind::input},
+                             {&weight, {s.K, s.C, s.R, s.S}, "weight", ArgKind::input}},
                             workspace, "conv2d_backward_data");
   cpu::conv2d_backward_data(dinp.data_as<float>(), dout.data_as<float>(), weight.data_as<float>(), s,
                             workspace.data_as<float>());
@@ -198,14 +159,12 @@ inline void conv2d_backward_filter(const Tensor& dweight /* (K, C, R, S) */, con
                                    const Tensor& dout /* (N, K, P, Q) */, const Tensor& inp /* (N, C, H, W) */,
                                    const Conv2dShape& s, const Tensor& workspace /* >= conv2d_workspace_elems(s) */,
                                    [[maybe_unused]] const Stream& stream /* for the CUDA path, issue #6 */) {
-  using conv2d_detail::Checked;
-  const char* op = "conv2d_backward_filter";
-  Checked dw{&dweight, {s.K, s.C, s.R, s.S}, "dweight", true}, db{&dbias, {s.K}, "dbias", true},
-      dy{&dout, {s.N, s.K, s.P(), s.Q()}, "dout", false}, x{&inp, {s.N, s.C, s.H, s.W}, "inp", false};
-  if (dbias.defined())
-    conv2d_detail::check_call(s, {dw, db, dy, x}, workspace, op);
-  else
-    conv2d_detail::check_call(s, {dw, dy, x}, workspace, op);
+  conv2d_detail::check_call(s,
+                            {{&dweight, {s.K, s.C, s.R, s.S}, "dweight", ArgKind::output},
+                             {&dbias, {s.K}, "dbias", ArgKind::optional_output},
+                             {&dout, {s.N, s.K, s.P(), s.Q()}, "dout", ArgKind::input},
+                             {&inp, {s.N, s.C, s.H, s.W}, "inp", ArgKind::input}},
+                            workspace, "conv2d_backward_filter");
   cpu::conv2d_backward_filter(dweight.data_as<float>(), dbias.defined() ? dbias.data_as<float>() : nullptr,
                               dout.data_as<float>(), inp.data_as<float>(), s, workspace.data_as<float>());
 }

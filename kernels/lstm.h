@@ -124,64 +124,14 @@ void lstm_backward(float* dx, float* dh0, float* dc0,                           
 
 namespace lstm_detail {
 
-enum class Arg {
-  input,            // must be defined
-  output,           // must be defined; overlaps nothing else
-  optional_input,   // undefined: zeros
-  optional_output,  // undefined: skipped
-};
-
-struct Checked {
-  const Tensor* t;
-  Shape shape;
-  const char* name;
-  Arg arg;
-};
-
 inline const float* in_or_null(const Tensor& t) { return t.defined() ? t.data_as<float>() : nullptr; }
 inline float* out_or_null(const Tensor& t) { return t.defined() ? t.data_as<float>() : nullptr; }
 
-// Every call goes through here (as conv2d_detail::check_call): the shape is
-// valid, required tensors are defined, every defined tensor is on one device
-// (CPU: CUDA is not there yet) and f32 with exactly its shape (contiguity
-// holds for every Tensor), the reserve and workspace are big enough, and no
-// output overlaps another tensor or the workspace. The first tensor must be a
-// required one.
-inline void check_call(const LstmShape& s, std::initializer_list<Checked> tensors, const Tensor& workspace,
+// The shape, then every tensor (check_workspace_call in kernels/common.h).
+inline void check_call(const LstmShape& s, std::initializer_list<TensorArg> tensors, const Tensor& workspace,
                        const char* op) {
   check_lstm_shape(s);
-  auto is_output = [](const Checked& c) { return c.arg == Arg::output || c.arg == Arg::optional_output; };
-  auto is_required = [](const Checked& c) { return c.arg == Arg::input || c.arg == Arg::output; };
-  const Tensor& first = *tensors.begin()->t;
-  for (const Checked& c : tensors) {
-    if (!is_required(c) && !c.t->defined()) continue;
-    TANDEM_CHECK(c.t->defined(), std::string(op) + ": " + c.name + " is undefined");
-    check_same_device(*c.t, first, op);
-  }
-  TANDEM_CHECK(workspace.defined(), std::string(op) + ": workspace is undefined");
-  check_same_device(workspace, first, op);
-  if (first.device().is_cuda()) throw UserError("lstm on CUDA is not implemented yet (cuDNN comes with issue #6)");
-
-  for (const Checked& c : tensors) {
-    if (!c.t->defined()) continue;
-    TANDEM_CHECK(c.t->dtype() == DType::f32,
-                 std::string(op) + ": " + c.name + " must be f32, got " + dtype_name(c.t->dtype()));
-    TANDEM_CHECK(c.t->shape() == c.shape, std::string(op) + ": " + c.name + " must be " + shape_str(c.shape) +
-                                              " for " + s.str() + ", got " + shape_str(c.t->shape()));
-  }
-  TANDEM_CHECK(workspace.dtype() == DType::f32,
-               std::string(op) + ": workspace must be f32, got " + dtype_name(workspace.dtype()));
-  TANDEM_CHECK(workspace.numel() >= lstm_workspace_elems(s),
-               std::string(op) + ": workspace holds " + std::to_string(workspace.numel()) + " floats, needs " +
-                   std::to_string(lstm_workspace_elems(s)) + " (lstm_workspace_elems)");
-  for (const Checked& c : tensors) {
-    if (!c.t->defined()) continue;
-    TANDEM_CHECK(!overlaps(*c.t, workspace), std::string(op) + ": " + c.name + " overlaps the workspace");
-    if (!is_output(c)) continue;
-    for (const Checked& other : tensors)
-      TANDEM_CHECK(&other == &c || !other.t->defined() || !overlaps(*c.t, *other.t),
-                   std::string(op) + ": " + c.name + " overlaps " + other.name);
-  }
+  check_workspace_call(op, "lstm", s.str(), tensors, workspace, lstm_workspace_elems(s));
 }
 
 }  // namespace lstm_detail
@@ -195,19 +145,18 @@ inline void lstm_forward(const Tensor& y /* (T, N, H) */, const LstmState& final
                          const LstmState& initial /* (N, H) each, or undefined: zeros */, const LstmWeights& w,
                          const LstmShape& s, const Tensor& workspace /* >= lstm_workspace_elems(s) */,
                          [[maybe_unused]] const Stream& stream /* for the CUDA path, issue #6 */) {
-  using lstm_detail::Arg;
   lstm_detail::check_call(s,
-                          {{&y, {s.T, s.N, s.H}, "y", Arg::output},
-                           {&final_state.h, {s.N, s.H}, "hT", Arg::optional_output},
-                           {&final_state.c, {s.N, s.H}, "cT", Arg::optional_output},
-                           {&reserve, {lstm_reserve_elems(s)}, "reserve", Arg::output},
-                           {&x, {s.T, s.N, s.I}, "x", Arg::input},
-                           {&initial.h, {s.N, s.H}, "h0", Arg::optional_input},
-                           {&initial.c, {s.N, s.H}, "c0", Arg::optional_input},
-                           {&w.w_ih, {4 * s.H, s.I}, "w_ih", Arg::input},
-                           {&w.w_hh, {4 * s.H, s.H}, "w_hh", Arg::input},
-                           {&w.b_ih, {4 * s.H}, "b_ih", Arg::input},
-                           {&w.b_hh, {4 * s.H}, "b_hh", Arg::input}},
+                          {{&y, {s.T, s.N, s.H}, "y", ArgKind::output},
+                           {&final_state.h, {s.N, s.H}, "hT", ArgKind::optional_output},
+                           {&final_state.c, {s.N, s.H}, "cT", ArgKind::optional_output},
+                           {&reserve, {lstm_reserve_elems(s)}, "reserve", ArgKind::output},
+                           {&x, {s.T, s.N, s.I}, "x", ArgKind::input},
+                           {&initial.h, {s.N, s.H}, "h0", ArgKind::optional_input},
+                           {&initial.c, {s.N, s.H}, "c0", ArgKind::optional_input},
+                           {&w.w_ih, {4 * s.H, s.I}, "w_ih", ArgKind::input},
+                           {&w.w_hh, {4 * s.H, s.H}, "w_hh", ArgKind::input},
+                           {&w.b_ih, {4 * s.H}, "b_ih", ArgKind::input},
+                           {&w.b_hh, {4 * s.H}, "b_hh", ArgKind::input}},
                           workspace, "lstm_forward");
   using lstm_detail::in_or_null, lstm_detail::out_or_null;
   cpu::lstm_forward(y.data_as<float>(), out_or_null(final_state.h), out_or_null(final_state.c),
@@ -235,24 +184,23 @@ inline void lstm_backward(const Tensor& dx /* (T, N, I) */, const LstmState& din
                           const Tensor& reserve /* (lstm_reserve_elems(s)) */, const LstmShape& s,
                           const Tensor& workspace /* >= lstm_workspace_elems(s) */,
                           [[maybe_unused]] const Stream& stream /* for the CUDA path, issue #6 */) {
-  using lstm_detail::Arg;
   lstm_detail::check_call(s,
-                          {{&dx, {s.T, s.N, s.I}, "dx", Arg::output},
-                           {&dinitial.h, {s.N, s.H}, "dh0", Arg::optional_output},
-                           {&dinitial.c, {s.N, s.H}, "dc0", Arg::optional_output},
-                           {&grads.dw_ih, {4 * s.H, s.I}, "dw_ih", Arg::output},
-                           {&grads.dw_hh, {4 * s.H, s.H}, "dw_hh", Arg::output},
-                           {&grads.db_ih, {4 * s.H}, "db_ih", Arg::output},
-                           {&grads.db_hh, {4 * s.H}, "db_hh", Arg::output},
-                           {&dy, {s.T, s.N, s.H}, "dy", Arg::input},
-                           {&dfinal.h, {s.N, s.H}, "dhT", Arg::optional_input},
-                           {&dfinal.c, {s.N, s.H}, "dcT", Arg::optional_input},
-                           {&x, {s.T, s.N, s.I}, "x", Arg::input},
-                           {&initial.h, {s.N, s.H}, "h0", Arg::optional_input},
-                           {&w.w_ih, {4 * s.H, s.I}, "w_ih", Arg::input},
-                           {&w.w_hh, {4 * s.H, s.H}, "w_hh", Arg::input},
-                           {&y, {s.T, s.N, s.H}, "y", Arg::input},
-                           {&reserve, {lstm_reserve_elems(s)}, "reserve", Arg::input}},
+                          {{&dx, {s.T, s.N, s.I}, "dx", ArgKind::output},
+                           {&dinitial.h, {s.N, s.H}, "dh0", ArgKind::optional_output},
+                           {&dinitial.c, {s.N, s.H}, "dc0", ArgKind::optional_output},
+                           {&grads.dw_ih, {4 * s.H, s.I}, "dw_ih", ArgKind::output},
+                           {&grads.dw_hh, {4 * s.H, s.H}, "dw_hh", ArgKind::output},
+                           {&grads.db_ih, {4 * s.H}, "db_ih", ArgKind::output},
+                           {&grads.db_hh, {4 * s.H}, "db_hh", ArgKind::output},
+                           {&dy, {s.T, s.N, s.H}, "dy", ArgKind::input},
+                           {&dfinal.h, {s.N, s.H}, "dhT", ArgKind::optional_input},
+                           {&dfinal.c, {s.N, s.H}, "dcT", ArgKind::optional_input},
+                           {&x, {s.T, s.N, s.I}, "x", ArgKind::input},
+                           {&initial.h, {s.N, s.H}, "h0", ArgKind::optional_input},
+                           {&w.w_ih, {4 * s.H, s.I}, "w_ih", ArgKind::input},
+                           {&w.w_hh, {4 * s.H, s.H}, "w_hh", ArgKind::input},
+                           {&y, {s.T, s.N, s.H}, "y", ArgKind::input},
+                           {&reserve, {lstm_reserve_elems(s)}, "reserve", ArgKind::input}},
                           workspace, "lstm_backward");
   using lstm_detail::in_or_null, lstm_detail::out_or_null;
   cpu::lstm_backward(dx.data_as<float>(), out_or_null(dinitial.h), out_or_null(dinitial.c),
