@@ -19,11 +19,6 @@ namespace fs = std::filesystem;
 
 namespace {
 
-void write_bytes(const fs::path& p, const std::string& bytes) {
-  std::ofstream out(p, std::ios::binary);
-  out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
-}
-
 // The text of byte-level tokens.
 std::string as_bytes(const std::vector<uint16_t>& tokens) {
   REQUIRE(std::all_of(tokens.begin(), tokens.end(), [](uint16_t t) { return t < 256; }));

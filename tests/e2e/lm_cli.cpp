@@ -32,11 +32,6 @@ nlohmann::json last_json(const std::string& output) {
   return found;
 }
 
-std::string file_bytes(const fs::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
-}
-
 // A scratch directory with token files made by `tandem data tokenize` from
 // some English text, and a small config that trains on them in seconds.
 struct Workspace {
@@ -126,7 +121,7 @@ TEST_CASE("tandem train trains GPT-2 on token files; the same seed gives the sam
 
   // Hugging Face's layout: config.json and Conv1D weights as (in, out).
   fs::path step = fs::path(a) / "step_00000012";
-  nlohmann::json hf = nlohmann::json::parse(file_bytes(step / "config.json"));
+  nlohmann::json hf = nlohmann::json::parse(read_bytes(step / "config.json"));
   REQUIRE(hf["model_type"] == "gpt2");
   REQUIRE(hf["n_embd"] == 16);
   SafetensorsFile model = read_safetensors((step / "model.safetensors").string());
@@ -135,7 +130,7 @@ TEST_CASE("tandem train trains GPT-2 on token files; the same seed gives the sam
 
   ShellResult second = w.train("--ckpt-dir " + b);
   REQUIRE(second.exit_code == 0);
-  REQUIRE(file_bytes(step / "model.safetensors") == file_bytes(fs::path(b) / "step_00000012" / "model.safetensors"));
+  REQUIRE(read_bytes(step / "model.safetensors") == read_bytes(fs::path(b) / "step_00000012" / "model.safetensors"));
 }
 
 TEST_CASE("a GPT-2 run killed and resumed ends bitwise identical to an uninterrupted one", "[e2e][gpt2]") {
@@ -147,8 +142,8 @@ TEST_CASE("a GPT-2 run killed and resumed ends bitwise identical to an uninterru
   INFO(resumed.output);
   REQUIRE(resumed.exit_code == 0);
   REQUIRE(resumed.output.find("resuming from") != std::string::npos);
-  REQUIRE(file_bytes(fs::path(whole) / "step_00000012" / "model.safetensors") ==
-          file_bytes(fs::path(parts) / "step_00000012" / "model.safetensors"));
+  REQUIRE(read_bytes(fs::path(whole) / "step_00000012" / "model.safetensors") ==
+          read_bytes(fs::path(parts) / "step_00000012" / "model.safetensors"));
 }
 
 TEST_CASE("tandem eval matches float64 GPT-2 computed from the checkpoint's files", "[e2e][gpt2]") {
@@ -235,8 +230,8 @@ TEST_CASE("the character LSTM trains, evaluates and generates from its checkpoin
   double val_loss = last_json(first.output)["val_loss"];
   REQUIRE(val_loss < std::log(256.0));
   ShellResult second = run_tandem("train --config " + config + " --ckpt-dir " + (w.dir / "again").string());
-  REQUIRE(file_bytes(fs::path(ckpt) / "step_00000012" / "model.safetensors") ==
-          file_bytes(w.dir / "again" / "step_00000012" / "model.safetensors"));
+  REQUIRE(read_bytes(fs::path(ckpt) / "step_00000012" / "model.safetensors") ==
+          read_bytes(w.dir / "again" / "step_00000012" / "model.safetensors"));
 
   // The trainer's val_loss and tandem eval read the same 4 batches of 4 x 16 from the file's start.
   ShellResult eval = run_tandem(fmt::format("eval --checkpoint {} --data {}/text_val.bin --batch-size 4 --seq-len 16 "

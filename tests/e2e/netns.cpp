@@ -75,11 +75,6 @@ std::string source_dir() {
 
 bool shell_ok(const std::string& script) { return run_shell(script + " >/dev/null 2>&1").exit_code == 0; }
 
-std::string read_file(const fs::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
-}
-
 // Why this machine cannot run the test; empty when it can.
 std::string skip_reason() {
   if (geteuid() != 0) return fmt::format("network namespaces need root (uid {})", geteuid());
@@ -158,7 +153,7 @@ class Node {
   }
   bool running() { return !wait_until(Clock::now()); }
   Clock::time_point exited() const { return exited_; }
-  std::string output() const { return read_file(log_); }
+  std::string output() const { return read_bytes(log_); }
 
  private:
   fs::path log_;

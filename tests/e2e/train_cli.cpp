@@ -174,12 +174,8 @@ TEST_CASE("a run killed with SIGKILL and resumed ends bitwise identical", "[e2e]
   REQUIRE(resumed.exit_code == 0);
   REQUIRE(resumed.output.find("resuming from") != std::string::npos);  // it was killed mid-run
   REQUIRE(resumed.output.find("nothing to train") == std::string::npos);
-  auto bytes = [](const fs::path& p) {
-    std::ifstream in(p, std::ios::binary);
-    return std::string(std::istreambuf_iterator<char>(in), {});
-  };
-  REQUIRE(bytes(dir / "whole" / "step_00002000" / "model.safetensors") ==
-          bytes(dir / "killed" / "step_00002000" / "model.safetensors"));
+  REQUIRE(read_bytes(dir / "whole" / "step_00002000" / "model.safetensors") ==
+          read_bytes(dir / "killed" / "step_00002000" / "model.safetensors"));
   fs::remove_all(dir);
 }
 

@@ -52,11 +52,6 @@ void train(int world, const TrainConfig& c, const ImageDataset& data, const fs::
   });
 }
 
-std::string file_bytes(const fs::path& p) {
-  std::ifstream in(p, std::ios::binary);
-  return std::string(std::istreambuf_iterator<char>(in), {});
-}
-
 }  // namespace
 
 TEST_CASE("a resumed run ends bitwise identical to an uninterrupted one", "[resume]") {
@@ -75,12 +70,12 @@ TEST_CASE("a resumed run ends bitwise identical to an uninterrupted one", "[resu
       fs::remove_all(base / "crashed" / "step_00000012");
       train(world, c, data, base / "crashed", "auto");
 
-      std::string a = file_bytes(base / "whole" / "step_00000012" / "model.safetensors");
-      std::string b = file_bytes(base / "crashed" / "step_00000012" / "model.safetensors");
+      std::string a = read_bytes(base / "whole" / "step_00000012" / "model.safetensors");
+      std::string b = read_bytes(base / "crashed" / "step_00000012" / "model.safetensors");
       REQUIRE(!a.empty());
       REQUIRE(a == b);
-      REQUIRE(file_bytes(base / "whole" / "step_00000012" / "optimizer.safetensors") ==
-              file_bytes(base / "crashed" / "step_00000012" / "optimizer.safetensors"));
+      REQUIRE(read_bytes(base / "whole" / "step_00000012" / "optimizer.safetensors") ==
+              read_bytes(base / "crashed" / "step_00000012" / "optimizer.safetensors"));
       fs::remove_all(base);
     }
   }
@@ -101,8 +96,8 @@ TEST_CASE("resume skips a corrupted newest checkpoint and still ends identical",
   REQUIRE(newest.has_value());
   REQUIRE(fs::path(*newest).filename() == "step_00000004");
   train(1, c, data, base / "crashed", "auto");
-  REQUIRE(file_bytes(base / "whole" / "step_00000012" / "model.safetensors") ==
-          file_bytes(base / "crashed" / "step_00000012" / "model.safetensors"));
+  REQUIRE(read_bytes(base / "whole" / "step_00000012" / "model.safetensors") ==
+          read_bytes(base / "crashed" / "step_00000012" / "model.safetensors"));
   fs::remove_all(base);
 }
 
@@ -139,7 +134,7 @@ TEST_CASE("a CNN with batch norm resumes bitwise identical, running statistics i
     run(base / "crashed", "auto");
 
     fs::path whole = base / "whole" / "step_00000012" / "model.safetensors";
-    REQUIRE(file_bytes(whole) == file_bytes(base / "crashed" / "step_00000012" / "model.safetensors"));
+    REQUIRE(read_bytes(whole) == read_bytes(base / "crashed" / "step_00000012" / "model.safetensors"));
     SafetensorsFile model = read_safetensors(whole.string());
     std::vector<float> mean = model.tensors.at("layers.2.running_mean").to_vector();
     std::vector<float> var = model.tensors.at("layers.2.running_var").to_vector();

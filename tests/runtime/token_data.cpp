@@ -19,16 +19,6 @@ namespace fs = std::filesystem;
 
 namespace {
 
-std::string read_bytes(const fs::path& p) {
-  std::ifstream in(p, std::ios::binary);
-  return std::string(std::istreambuf_iterator<char>(in), {});
-}
-
-void write_bytes(const fs::path& p, const std::string& bytes) {
-  std::ofstream out(p, std::ios::binary);
-  out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
-}
-
 // base, base + 1, ..., base + n - 1
 std::vector<uint16_t> iota_tokens(int64_t n, uint16_t base = 0) {
   std::vector<uint16_t> v(static_cast<size_t>(n));

@@ -8,6 +8,8 @@
 #include <cmath>
 #include <cstdint>
 #include <filesystem>
+#include <fstream>
+#include <iterator>
 #include <functional>
 #include <string>
 #include <random>
@@ -31,6 +33,17 @@ inline std::filesystem::path temp_dir(const std::string& name) {
       std::filesystem::temp_directory_path() / ("tandem_test_" + name + "_" + std::to_string(fresh_seed()));
   std::filesystem::create_directories(p);
   return p;
+}
+
+// A whole file's bytes ("" when it cannot be read), and writing them.
+inline std::string read_bytes(const std::filesystem::path& p) {
+  std::ifstream in(p, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(in), {});
+}
+
+inline void write_bytes(const std::filesystem::path& p, const std::string& bytes) {
+  std::ofstream out(p, std::ios::binary);
+  out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
 }
 
 // How indices (tokens) repeat: uniform over [0, V); "hot": about half are
