@@ -48,17 +48,16 @@ Tensor Lstm::forward(const Tensor& input, Context& ctx) {
   for (size_t l = 0; l < layers_.size(); l++) {
     Layer& layer = layers_[l];
     kernels::LstmShape s = shape(l);
-    ensure_buffer(layer.x, {T_, B_, s.I}, DType::f32, ctx.device);
     ensure_buffer(layer.y, {T_, B_, hidden_}, DType::f32, ctx.device);
     ensure_buffer(layer.reserve, {kernels::lstm_reserve_elems(s)}, DType::f32, ctx.device);
     workspace = std::max(workspace, kernels::lstm_workspace_elems(s));
   }
   ensure_buffer(workspace_, {workspace}, DType::f32, ctx.device);
-  swap_leading(layers_[0].x.data_as<float>(), input.data_as<float>(), B_, T_, input_size_);
+  ensure_buffer(x_, {T_, B_, input_size_}, DType::f32, ctx.device);
+  swap_leading(x_.data_as<float>(), input.data_as<float>(), B_, T_, input_size_);
   for (size_t l = 0; l < layers_.size(); l++) {
     Layer& layer = layers_[l];
-    if (l > 0) layer.x.copy_from(layers_[l - 1].y);
-    kernels::lstm_forward(layer.y, {}, layer.reserve, layer.x, {},
+    kernels::lstm_forward(layer.y, {}, layer.reserve, layer_input(l), {},
                           {layer.w_ih->value, layer.w_hh->value, layer.b_ih->value, layer.b_hh->value},
                           shape(l), workspace_, ctx.stream);
   }
@@ -76,7 +75,7 @@ Tensor Lstm::backward(const Tensor& grad_output, Context& ctx) {
     ensure_buffer(layer.dx, {T_, B_, s.I}, DType::f32, ctx.device);
     const Tensor& dy = l + 1 < layers_.size() ? layers_[l + 1].dx : dy_;
     kernels::lstm_backward(layer.dx, {}, {layer.w_ih->grad, layer.w_hh->grad, layer.b_ih->grad, layer.b_hh->grad}, dy,
-                           {}, layer.x, {}, {layer.w_ih->value, layer.w_hh->value, Tensor(), Tensor()}, layer.y,
+                           {}, layer_input(l), {}, {layer.w_ih->value, layer.w_hh->value, Tensor(), Tensor()}, layer.y,
                            layer.reserve, s, workspace_, ctx.stream);
   }
   ensure_buffer(grad_input_, {B_, T_, input_size_}, DType::f32, ctx.device);

@@ -24,16 +24,18 @@ class Lstm : public Module {
  private:
   struct Layer {
     Parameter *w_ih, *w_hh, *b_ih, *b_hh;
-    // The layer's input and output (T, B, .), what its backward needs, and
-    // its input's gradient (the output gradient of the layer below).
-    Tensor x, y, reserve, dx;
+    // The layer's output (T, B, H), what its backward needs, and its
+    // input's gradient (the output gradient of the layer below).
+    Tensor y, reserve, dx;
   };
   kernels::LstmShape shape(size_t l) const;
+  // Layer l's input (T, B, .): the transposed module input, or the layer below's output.
+  const Tensor& layer_input(size_t l) const { return l == 0 ? x_ : layers_[l - 1].y; }
 
   int64_t input_size_, hidden_;
   int64_t B_ = 0, T_ = 0;
   std::vector<Layer> layers_;
-  Tensor workspace_, dy_, output_, grad_input_;
+  Tensor x_, workspace_, dy_, output_, grad_input_;
 };
 
 }  // namespace tandem
