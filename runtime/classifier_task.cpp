@@ -28,6 +28,24 @@ void ImageBatch::fill(const ImageDataset& data, const int64_t* indices, int64_t 
     std::memcpy(xp + i * f, data.images.data() + indices[i] * f, f * sizeof(float));
     yp[i] = data.labels[indices[i]];
   }
+  to_device(ctx);
+}
+
+void ImageBatch::fill_augmented(const ImageDataset& data, const int64_t* indices, int64_t count,
+                                const AugmentOptions& options, uint64_t seed, int64_t epoch, const Context& ctx) {
+  int64_t f = data.features();
+  float* xp = x_host.data_as<float>();
+  int32_t* yp = y_host.data_as<int32_t>();
+  for (int64_t i = 0; i < count; i++) {
+    AugmentDraw draw = draw_augment(options, seed, epoch, indices[i]);
+    augment_image(xp + i * f, data.images.data() + indices[i] * f, data.rows, data.cols, data.black,
+                  options.crop_padding, draw);
+    yp[i] = data.labels[indices[i]];
+  }
+  to_device(ctx);
+}
+
+void ImageBatch::to_device(const Context& ctx) {
   if (ctx.device.is_cpu()) return;
   x_f32.copy_from(x_host, ctx.stream);
   y.copy_from(y_host, ctx.stream);
@@ -35,14 +53,17 @@ void ImageBatch::fill(const ImageDataset& data, const int64_t* indices, int64_t 
 }
 
 ClassifierTask::ClassifierTask(const ImageDataset& train, const ImageDataset& test, int64_t batch_size,
-                               uint64_t seed, const parallel::ProcessGroup& pg)
-    : train_(train), test_(test), batch_size_(batch_size),
+                               uint64_t seed, const parallel::ProcessGroup& pg, const AugmentOptions& augment)
+    : train_(train), test_(test), batch_size_(batch_size), seed_(seed), augment_(augment),
       sampler_(train.count, batch_size, seed, pg.rank(), pg.size()) {}
 
 void ClassifierTask::load(int64_t index, Context& ctx) {
   std::vector<int64_t> indices = sampler_.batch(index);
   if (!batch_) batch_.emplace(batch_size_, train_.features(), ctx);
-  batch_->fill(train_, indices.data(), batch_size_, ctx);
+  if (augment_.enabled())
+    batch_->fill_augmented(train_, indices.data(), batch_size_, augment_, seed_, index / batches_per_epoch(), ctx);
+  else
+    batch_->fill(train_, indices.data(), batch_size_, ctx);
 }
 
 nlohmann::json ClassifierTask::evaluate(Module& model, Context& ctx, const parallel::ProcessGroup&) {

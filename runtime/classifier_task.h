@@ -1,10 +1,12 @@
-// Image classification on an in-memory data set (the MLP on Fashion-MNIST):
-// batches drawn by the EpochSampler (runtime/sampler.h), judged by the test
-// set's accuracy.
+// Image classification on an in-memory data set (the MLP and the CNNs on
+// Fashion-MNIST): batches drawn by the EpochSampler (runtime/sampler.h),
+// optionally augmented (runtime/augment.h), judged by the test set's
+// accuracy.
 #pragma once
 
 #include <optional>
 
+#include "runtime/augment.h"
 #include "runtime/idx_dataset.h"
 #include "runtime/sampler.h"
 #include "runtime/train_task.h"
@@ -17,15 +19,21 @@ struct ImageBatch {
   ImageBatch(int64_t batch, int64_t features, const Context& ctx);
   // Gathers samples `indices[0, count)` of `data` and moves them to the device.
   void fill(const ImageDataset& data, const int64_t* indices, int64_t count, const Context& ctx);
+  // The same, each image augmented with the draw for (seed, epoch, its index).
+  void fill_augmented(const ImageDataset& data, const int64_t* indices, int64_t count, const AugmentOptions& options,
+                      uint64_t seed, int64_t epoch, const Context& ctx);
 
   Tensor x_host, y_host, x_f32, x, y;
+
+ private:
+  void to_device(const Context& ctx);
 };
 
 class ClassifierTask : public TrainTask {
  public:
   // batch_size per rank; `train` and `test` must outlive the task.
   ClassifierTask(const ImageDataset& train, const ImageDataset& test, int64_t batch_size, uint64_t seed,
-                 const parallel::ProcessGroup& pg);
+                 const parallel::ProcessGroup& pg, const AugmentOptions& augment = {});
 
   int64_t batches_per_epoch() const override { return sampler_.steps_per_epoch(); }
   void load(int64_t index, Context& ctx) override;
@@ -39,6 +47,8 @@ class ClassifierTask : public TrainTask {
   const ImageDataset& train_;
   const ImageDataset& test_;
   int64_t batch_size_;
+  uint64_t seed_;
+  AugmentOptions augment_;
   EpochSampler sampler_;
   std::optional<ImageBatch> batch_;  // made by the first load, on its context's device
 };

@@ -14,7 +14,8 @@ const std::vector<std::string> kTopLevelKeys = {
     "model", "data", "data_dir", "device", "dtype", "seed", "batch_size", "epochs", "max_steps", "optimizer",
     "lr", "lr_schedule", "min_lr_ratio", "warmup_steps", "weight_decay", "momentum", "nesterov", "beta1",
     "beta2", "eps", "grad_clip", "grad_accum_steps", "backend", "bucket_cap_mb", "grad_compression", "comm_timeout", "log_every",
-    "eval_every", "ckpt_every", "train_data", "val_data", "seq_len", "val_batches", "init_from"};
+    "eval_every", "ckpt_every", "train_data", "val_data", "seq_len", "val_batches", "init_from",
+    "random_crop_padding", "random_hflip"};
 
 std::string where_key(const TrainConfig& c, const std::string& key) { return fmt::format("'{}' in {}", key, c.source); }
 
@@ -161,6 +162,11 @@ TrainConfig load_train_config(const std::string& path, const std::vector<std::st
   read(table, "seq_len", c.seq_len, c, 1);
   read(table, "val_batches", c.val_batches, c, 0);
   read(table, "init_from", c.init_from, c);
+  read(table, "random_crop_padding", c.random_crop_padding, c, 0);
+  read(table, "random_hflip", c.random_hflip, c);
+  if ((c.random_crop_padding > 0 || c.random_hflip) && c.data != "fashion-mnist")
+    throw UserError(fmt::format("{}: random_crop_padding and random_hflip augment images; data '{}' is not images",
+                                path, c.data));
   return c;
 }
 
@@ -182,7 +188,8 @@ std::string to_toml(const TrainConfig& c) {
                 {"eval_every", c.eval_every}, {"ckpt_every", c.ckpt_every},
                 {"train_data", c.train_data}, {"val_data", c.val_data},
                 {"seq_len", c.seq_len}, {"val_batches", c.val_batches},
-                {"init_from", c.init_from}};
+                {"init_from", c.init_from}, {"random_crop_padding", c.random_crop_padding},
+                {"random_hflip", c.random_hflip}};
   t.insert(c.model, c.model_options);
   std::ostringstream out;
   out << t;

@@ -45,6 +45,9 @@ struct TrainConfig {
   int64_t seq_len = 64;               // tokens per sequence (T)
   int64_t val_batches = 20;           // per rank and evaluation; 0: all of val_data
   std::string init_from;              // a Hugging Face GPT-2 directory to start from ("": fresh weights)
+  // Image data: torchvision's RandomCrop(padding=p) and RandomHorizontalFlip (runtime/augment.h).
+  int64_t random_crop_padding = 0;    // pixels; 0: no crop
+  bool random_hflip = false;
 
   toml::table model_options;          // the [<model>] table, checked by the model
   std::string source;                 // where it came from, for messages

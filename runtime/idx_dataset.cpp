@@ -75,6 +75,7 @@ ImageDataset load_idx_dataset(const std::string& images_path, const std::string&
   images.read(pixels.data(), pixels.size());
   ds.images.resize(pixels.size());
   for (size_t i = 0; i < pixels.size(); i++) ds.images[i] = (pixels[i] / 255.f - mean) / stddev;
+  ds.black = (0.f - mean) / stddev;
 
   std::vector<unsigned char> raw_labels(static_cast<size_t>(ds.count));
   labels.read(raw_labels.data(), raw_labels.size());

@@ -13,6 +13,7 @@ struct ImageDataset {
   int64_t rows = 0, cols = 0;
   std::vector<float> images;    // (count, rows * cols), normalised
   std::vector<int32_t> labels;  // (count)
+  float black = 0;              // a pixel of value 0 after normalisation: what padding shows
   int64_t features() const { return rows * cols; }
 };
 

@@ -281,7 +281,8 @@ namespace tandem {
 TrainSummary train_classifier(const TrainConfig& config, Module& model, ParameterSet& params,
                               const ImageDataset& train, const ImageDataset& test, const TrainOutputs& outputs,
                               const parallel::ProcessGroup& pg) {
-  ClassifierTask task(train, test, config.batch_size, static_cast<uint64_t>(config.seed), pg);
+  AugmentOptions augment{.crop_padding = config.random_crop_padding, .hflip = config.random_hflip};
+  ClassifierTask task(train, test, config.batch_size, static_cast<uint64_t>(config.seed), pg, augment);
   return tandem::train(config, model, params, task, outputs, pg);
 }
 

@@ -95,6 +95,11 @@ TEST_CASE("configs load, take overrides and reject bad keys", "[config]") {
   rejected("lr = 1.0\n", {}, "model");
   rejected("model = \"mlp\"\nlr = [1\n", {}, "line");
   rejected("model = \"mlp\"\n", {"novalue"}, "key=value");
+  rejected("model = \"mlp\"\nrandom_crop_padding = -1\n", {}, "random_crop_padding");
+  rejected("model = \"lstm\"\ndata = \"tokens\"\nrandom_hflip = true\n", {}, "not images");
+  TrainConfig augmented = load_train_config(good, {"random_crop_padding=2", "random_hflip=true"});
+  REQUIRE(augmented.random_crop_padding == 2);
+  REQUIRE(augmented.random_hflip);
   fs::remove(good);
 }
 
