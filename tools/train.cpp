@@ -7,6 +7,7 @@
 
 #include "collectives/watchdog.h"
 #include "models/cnn/cnn.h"
+#include "models/cnn/resnet.h"
 #include "models/gpt2/hf_checkpoint.h"
 #include "models/lstm/lstm.h"
 #include "models/mlp/mlp.h"
@@ -101,6 +102,12 @@ TrainSummary train_cnn(const TrainConfig& config, const TrainArgs& args, const p
   return train_classifier(config, cnn.net, cnn.params, images.train, images.test, train_outputs(args), pg);
 }
 
+TrainSummary train_resnet(const TrainConfig& config, const TrainArgs& args, const parallel::ProcessGroup& pg) {
+  Images images = load_images(config, args);
+  models::ResNet resnet(models::parse_resnet_options(config.model_options, images.train.features(), 10, args.config));
+  return train_classifier(config, resnet.net, resnet.params, images.train, images.test, train_outputs(args), pg);
+}
+
 TrainSummary train_lstm(const TrainConfig& config, const TrainArgs& args, const parallel::ProcessGroup& pg) {
   if (config.data != "tokens")
     throw UserError(fmt::format("data '{}' in {} is not known for the lstm (available: tokens)", config.data,
@@ -132,14 +139,16 @@ TrainSummary train_gpt2(const TrainConfig& config, const TrainArgs& args, const 
 
 void run_train(const TrainArgs& args) {
   TrainConfig config = load_train_config(args.config, args.overrides);
-  if (config.model != "mlp" && config.model != "cnn" && config.model != "lstm" && config.model != "gpt2")
-    throw UserError(
-        fmt::format("model '{}' in {} is not known (available: mlp, cnn, lstm, gpt2)", config.model, args.config));
+  if (config.model != "mlp" && config.model != "cnn" && config.model != "resnet" && config.model != "lstm" &&
+      config.model != "gpt2")
+    throw UserError(fmt::format("model '{}' in {} is not known (available: mlp, cnn, resnet, lstm, gpt2)",
+                                config.model, args.config));
   auto timeout = collectives::Millis(static_cast<int64_t>(config.comm_timeout * 1000));
   WatchdogGuard watchdog;
   parallel::ProcessGroup pg = parallel::init_process_group(config.backend, resolve_device(config.device), timeout);
   TrainSummary s = config.model == "mlp"   ? train_mlp(config, args, pg)
                    : config.model == "cnn"  ? train_cnn(config, args, pg)
+                   : config.model == "resnet" ? train_resnet(config, args, pg)
                    : config.model == "lstm" ? train_lstm(config, args, pg)
                                             : train_gpt2(config, args, pg);
   if (pg.rank() == 0) print_summary(s);

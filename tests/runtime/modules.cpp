@@ -1,7 +1,9 @@
 // Every module's backward against float64 finite differences of its forward.
 #include <algorithm>
+#include <map>
 #include <random>
 
+#include "models/cnn/resnet.h"
 #include "runtime/layers.h"
 #include "runtime/lstm_layer.h"
 #include "runtime/vision_layers.h"
@@ -15,10 +17,12 @@ namespace {
 constexpr double kGradTol = 2e-2;  // relative, over the whole gradient
 
 // Checks d(sum(module(x) * R))/dx and /dparams for a module on the CPU.
-void check_module(Module& m, ParameterSet& params, const Tensor& x, uint64_t seed, bool input_grad = true) {
+void check_module(Module& m, ParameterSet& params, const Tensor& x, uint64_t seed, bool input_grad = true,
+                  const std::function<void(ParameterSet&)>& after_init = {}) {
   Context ctx;
   ctx.seed = seed;
   params.allocate(Device::cpu(), DType::f32, seed);
+  if (after_init) after_init(params);
   auto forward = [&] {
     ctx.rng_offset = 0;  // the same dropout mask on every evaluation
     return m.forward(x, ctx);
@@ -196,4 +200,70 @@ TEST_CASE("LSTM (two layers, batch first) backward matches finite differences", 
   Lstm m(params, "lstm", 3, 4, 2);
   REQUIRE(params.find("lstm.weight_ih_l1").shape == Shape{16, 4});
   check_module(m, params, random_tensor({2, 5, 3}, seed), seed);
+}
+
+// ---- the ResNet's residual block (models/cnn/resnet.h)
+
+namespace {
+
+// A ReLU behind a BatchNorm sees normalized values, many near 0, and every
+// perturbation moves all of them: some central differences straddle the
+// kink. With the BatchNorms' weight 0.5 and bias 2 the ReLU inputs sit
+// at 2 +- 0.5 sigma, far from 0, so the check sees the block's wiring
+// (both branches, the sum) without kinks. The ReLU's own mask is checked above.
+void lift_batchnorms(ParameterSet& params) {
+  for (const Parameter& p : params.list()) {
+    bool bn = p.name.find(".bn") != std::string::npos || p.name.find("downsample.1") != std::string::npos;
+    if (!bn) continue;
+    float value = p.name.ends_with(".bias") ? 2.f : 0.5f;
+    std::fill(p.value.data_as<float>(), p.value.data_as<float>() + p.value.numel(), value);
+  }
+}
+
+}  // namespace
+
+TEST_CASE("BasicBlock backward matches finite differences, with and without a downsample", "[modules][vision]") {
+  uint64_t seed = fresh_seed();
+  INFO("seed=" << seed);
+  ParameterSet down;
+  models::BasicBlock widen(down, "layer2.0", 2, 3, /*stride=*/2);  // 1x1 conv + BN shortcut
+  check_module(widen, down, random_tensor({3, 2, 5, 6}, seed), seed, true, lift_batchnorms);
+  REQUIRE(down.find("layer2.0.downsample.0.weight").shape == Shape{3, 2, 1, 1});
+  REQUIRE(down.find("layer2.0.downsample.1.bias").numel() == 3);
+
+  ParameterSet same;
+  models::BasicBlock keep(same, "layer1.0", 3, 3, /*stride=*/1);  // identity shortcut
+  check_module(keep, same, random_tensor({2, 3, 4, 5}, seed + 1), seed + 1, true, lift_batchnorms);
+  for (const Parameter& p : same.list()) REQUIRE(p.name.find("downsample") == std::string::npos);
+}
+
+TEST_CASE("The ResNet has torchvision's names and reports each parameter ready once", "[modules][vision]") {
+  models::ResNetOptions o{.image_size = 12, .channels = {4, 6}, .blocks = 2, .classes = 5};
+  models::ResNet net(o);
+  std::vector<std::string> names;
+  for (const Parameter& p : net.params.list()) names.push_back(p.name);
+  for (const char* want : {"conv1.weight", "bn1.weight", "layer1.0.conv1.weight", "layer1.1.bn2.bias",
+                           "layer2.0.downsample.0.weight", "layer2.1.conv2.weight", "fc.weight", "fc.bias"})
+    REQUIRE(std::find(names.begin(), names.end(), want) != names.end());
+  REQUIRE(std::find(names.begin(), names.end(), "layer1.0.downsample.0.weight") == names.end());
+  REQUIRE(net.params.find("layer2.0.conv1.weight").shape == Shape{6, 4, 3, 3});
+  REQUIRE(net.params.find("fc.weight").shape == Shape{5, 6});
+
+  // One training step: every parameter's gradient is reported exactly once
+  // (the data-parallel reducer counts on it), and the logits are (N, classes).
+  uint64_t seed = fresh_seed();
+  INFO("seed=" << seed);
+  net.params.allocate(Device::cpu(), DType::f32, seed);
+  Context ctx;
+  std::map<std::string, int> ready;
+  ctx.grad_ready = [&](const Parameter& p) { ready[p.name]++; };
+  Tensor logits = net.net.forward(random_tensor({3, 144}, seed), ctx);
+  REQUIRE(logits.shape() == Shape{3, 5});
+  net.params.zero_grads(Stream());
+  net.net.backward(random_tensor({3, 5}, seed + 1), ctx);
+  REQUIRE(ready.size() == names.size());
+  for (const auto& [name, count] : ready) {
+    INFO(name);
+    REQUIRE(count == 1);
+  }
 }
