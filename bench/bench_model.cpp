@@ -1,11 +1,13 @@
 #include "bench/bench_model.h"
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 
 #include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <fstream>
+#include <memory>
 #include <vector>
 
 #include "kernels/cast.h"
@@ -82,15 +84,10 @@ double measured_matmul_tflops(Device device, const Stream& stream) {
 
 // (B, T + 1) tokens uniform over [0, vocab): inputs are the first T of each
 // row, targets the last T, as a language-model batch.
-struct TokenBatch {
-  Tensor inputs;   // (B, T) i32
-  Tensor targets;  // (B*T) i32
-};
-
-TokenBatch random_tokens(int64_t B, int64_t T, int64_t vocab, Device device) {
-  Tensor inputs = Tensor::empty({B, T}, DType::i32, Device::cpu());
-  Tensor targets = Tensor::empty({B * T}, DType::i32, Device::cpu());
-  int32_t *in = inputs.data_as<int32_t>(), *tg = targets.data_as<int32_t>();
+void random_tokens(int64_t B, int64_t T, int64_t vocab, Tensor* inputs, Tensor* targets) {
+  *inputs = Tensor::empty({B, T}, DType::i32, Device::cpu());
+  *targets = Tensor::empty({B * T}, DType::i32, Device::cpu());
+  int32_t *in = inputs->data_as<int32_t>(), *tg = targets->data_as<int32_t>();
   for (int64_t b = 0; b < B; b++) {
     for (int64_t t = 0; t <= T; t++) {
       uint64_t i = static_cast<uint64_t>(b * (T + 1) + t);
@@ -99,29 +96,151 @@ TokenBatch random_tokens(int64_t B, int64_t T, int64_t vocab, Device device) {
       if (t > 0) tg[b * T + t - 1] = token;
     }
   }
-  if (device.is_cpu()) return {inputs, targets};
-  return {inputs.to(device), targets.to(device)};
+}
+
+// B images of `features` pixels uniform in [-1, 1), labels uniform over `classes`.
+void random_images(int64_t B, int64_t features, int64_t classes, Tensor* images, Tensor* labels) {
+  *images = Tensor::empty({B, features}, DType::f32, Device::cpu());
+  *labels = Tensor::empty({B}, DType::i32, Device::cpu());
+  float* x = images->data_as<float>();
+  for (int64_t i = 0; i < images->numel(); i++) x[i] = 2.f * philox_uniform(kSeed + 1, static_cast<uint64_t>(i)) - 1.f;
+  int32_t* y = labels->data_as<int32_t>();
+  for (int64_t b = 0; b < B; b++)
+    y[b] = static_cast<int32_t>(philox4x32(static_cast<uint64_t>(b), kSeed + 4).v[0] % static_cast<uint64_t>(classes));
+}
+
+constexpr int64_t kImageFeatures = 28 * 28, kImageClasses = 10;
+
+bool is_gpt2(const std::string& model) { return model.rfind("gpt2-", 0) == 0; }
+
+// Per device: the batch the model trains with on the CPU (its config's),
+// and one that keeps a GPU busy.
+int64_t default_batch(const std::string& model, bool gpu) {
+  if (is_gpt2(model)) return gpu ? kGpuBatch : kCpuBatch;
+  if (model == "lstm") return gpu ? 128 : 32;
+  return gpu ? 512 : 128;  // cnn, resnet
 }
 
 // The options with the defaults filled in for `device`; UserError for
 // choices that cannot run.
-ModelBenchOptions resolve(ModelBenchOptions o, const models::Gpt2Config& config, Device device) {
+ModelBenchOptions resolve(ModelBenchOptions o, Device device) {
   bool gpu = device.is_cuda();
-  if (o.dtype.empty()) o.dtype = gpu ? "bf16" : "f32";
+  if (o.dtype.empty()) o.dtype = gpu && o.model != "lstm" ? "bf16" : "f32";
   if (o.dtype != "f32" && o.dtype != "bf16")
     throw UserError(fmt::format("unknown --dtype '{}' (expected f32 or bf16)", o.dtype));
   if (!gpu && o.dtype != "f32")
     throw UserError(fmt::format("--dtype {} needs a CUDA device; the CPU path computes in f32", o.dtype));
   if (o.batch_size < 0) throw UserError(fmt::format("--batch-size must be positive, got {}", o.batch_size));
   if (o.seq_len < 0) throw UserError(fmt::format("--seq-len must be positive, got {}", o.seq_len));
-  if (o.batch_size == 0) o.batch_size = gpu ? kGpuBatch : kCpuBatch;
-  if (o.seq_len == 0) o.seq_len = gpu ? config.n_positions : std::min(config.n_positions, kCpuMaxSeqLen);
-  if (o.seq_len > config.n_positions)
-    throw UserError(fmt::format("--seq-len {} is longer than {}'s n_positions {}", o.seq_len, o.model,
-                                config.n_positions));
+  if (o.batch_size == 0) o.batch_size = default_batch(o.model, gpu);
+  if (is_gpt2(o.model)) {
+    int64_t n_positions = gpt2_preset(o.model).n_positions;
+    if (o.seq_len == 0) o.seq_len = gpu ? n_positions : std::min(n_positions, kCpuMaxSeqLen);
+    if (o.seq_len > n_positions)
+      throw UserError(fmt::format("--seq-len {} is longer than {}'s n_positions {}", o.seq_len, o.model,
+                                  n_positions));
+  } else if (o.model == "lstm") {
+    if (o.seq_len == 0) o.seq_len = 64;  // models/lstm/fortunes.toml
+  } else if (o.seq_len != 0) {
+    throw UserError(fmt::format("--seq-len is for the token models (gpt2-*, lstm); {} takes 28x28 images", o.model));
+  }
   if (o.steps < 1) throw UserError(fmt::format("--steps must be at least 1, got {}", o.steps));
   if (o.warmup < 0) throw UserError(fmt::format("--warmup must be >= 0, got {}", o.warmup));
   return o;
+}
+
+std::string sizes_str(const std::vector<int64_t>& v) {
+  return fmt::format("[{}]", fmt::join(v, ", "));
+}
+
+// The model under test, its batch and its FLOP accounting.
+struct Subject {
+  std::shared_ptr<void> owner;  // the model object; net and params point into it
+  Module* net = nullptr;
+  ParameterSet* params = nullptr;
+  std::string unit, architecture;
+  nlohmann::json config;
+  double flops_per_unit = 0;
+  int64_t classes = 0;          // logits per row
+  Tensor inputs, targets;       // on the host
+};
+
+// Keeps `m` alive in `s`; `net` maps the inputs to logits.
+template <typename M>
+void hold(Subject& s, std::shared_ptr<M> m, Module* net) {
+  s.owner = m;
+  s.net = net;
+  s.params = &m->params;
+}
+
+// Random tokens for a language model; backward costs twice the forward
+// unless the model has its own accounting (GPT-2's 6N + 12 L C T).
+void token_batch(Subject& s, const ModelBenchOptions& o, int64_t vocab, double train_flops_per_token) {
+  s.unit = "tokens";
+  s.flops_per_unit = train_flops_per_token;
+  s.classes = vocab;
+  random_tokens(o.batch_size, o.seq_len, vocab, &s.inputs, &s.targets);
+}
+
+void image_batch(Subject& s, const ModelBenchOptions& o, int64_t classes, double forward_flops_per_image) {
+  s.unit = "images";
+  s.flops_per_unit = 3 * forward_flops_per_image;
+  s.classes = classes;
+  random_images(o.batch_size, kImageFeatures, classes, &s.inputs, &s.targets);
+}
+
+Subject make_subject(const ModelBenchOptions& o) {
+  Subject s;
+  if (is_gpt2(o.model)) {
+    models::Gpt2Config c = gpt2_preset(o.model);
+    auto m = std::make_shared<models::Gpt2>(c);
+    hold(s, m, m.get());
+    TANDEM_CHECK(m->params.numel() == models::gpt2_num_parameters(c),
+                 fmt::format("the model has {} parameters, gpt2_num_parameters says {}", m->params.numel(),
+                             models::gpt2_num_parameters(c)));
+    s.architecture = fmt::format("L={} H={} C={} V={}", c.n_layer, c.n_head, c.n_embd, c.vocab_size);
+    s.config = {{"vocab_size", c.vocab_size}, {"n_positions", c.n_positions}, {"n_layer", c.n_layer},
+                {"n_head", c.n_head}, {"n_embd", c.n_embd}};
+    token_batch(s, o, c.vocab_size, models::gpt2_flops_per_token(c, o.seq_len));
+  } else if (o.model == "lstm") {
+    models::CharLstmOptions c = lstm_preset();
+    auto m = std::make_shared<models::CharLstm>(c);
+    hold(s, m, &m->net);
+    s.architecture = fmt::format("embedding={} hidden={} layers={} V={}", c.embedding, c.hidden, c.layers,
+                                 c.vocab_size);
+    s.config = {{"vocab_size", c.vocab_size}, {"embedding", c.embedding}, {"hidden", c.hidden},
+                {"layers", c.layers}};
+    token_batch(s, o, c.vocab_size, 3 * m->forward_flops_per_token);
+  } else if (o.model == "cnn") {
+    models::CnnOptions c = cnn_preset();
+    auto m = std::make_shared<models::Cnn>(c);
+    hold(s, m, &m->net);
+    s.architecture = fmt::format("channels={} hidden={} 28x28", sizes_str(c.channels), c.hidden);
+    s.config = {{"channels", c.channels}, {"hidden", c.hidden}, {"dropout", c.dropout}, {"batchnorm", c.batchnorm}};
+    image_batch(s, o, c.classes, m->forward_flops_per_image);
+  } else if (o.model == "resnet") {
+    models::ResNetOptions c = resnet_preset();
+    auto m = std::make_shared<models::ResNet>(c);
+    hold(s, m, &m->net);
+    s.architecture = fmt::format("channels={} blocks={} 28x28", sizes_str(c.channels), c.blocks);
+    s.config = {{"channels", c.channels}, {"blocks", c.blocks}};
+    image_batch(s, o, c.classes, m->forward_flops_per_image);
+  } else {
+    throw UserError(fmt::format("unknown model '{}' (expected gpt2-124m, gpt2-350m, gpt2-tiny, lstm, cnn or resnet)",
+                                o.model));
+  }
+  return s;
+}
+
+// `host` on the device, in `dtype` when it holds f32 values (tokens and labels stay i32).
+Tensor to_device(const Tensor& host, Device device, DType dtype, const Stream& stream) {
+  if (device.is_cpu()) return host;
+  Tensor on_device = host.to(device);
+  if (host.dtype() != DType::f32 || dtype == DType::f32) return on_device;
+  Tensor out = Tensor::empty(host.shape(), dtype, device);
+  kernels::cast(out, on_device, stream);
+  stream.synchronize();
+  return out;
 }
 
 }  // namespace
@@ -143,7 +262,21 @@ models::Gpt2Config gpt2_preset(const std::string& name) {
     c.n_embd = 128;
     return c;
   }
-  throw UserError(fmt::format("unknown model '{}' (expected gpt2-124m, gpt2-350m or gpt2-tiny)", name));
+  throw UserError(fmt::format("unknown model '{}' (expected gpt2-124m, gpt2-350m, gpt2-tiny, lstm, cnn or resnet)",
+                              name));
+}
+
+models::CharLstmOptions lstm_preset() {
+  return {.vocab_size = 256, .embedding = 64, .hidden = 512, .layers = 1};
+}
+
+models::CnnOptions cnn_preset() {
+  return {.image_size = 28, .channels = {32, 64}, .hidden = 128, .classes = kImageClasses, .dropout = 0.1f,
+          .batchnorm = false};
+}
+
+models::ResNetOptions resnet_preset() {
+  return {.image_size = 28, .channels = {16, 32, 64}, .blocks = 1, .classes = kImageClasses};
 }
 
 double datasheet_bf16_tflops(const std::string& name) {
@@ -158,7 +291,6 @@ double datasheet_bf16_tflops(const std::string& name) {
 }
 
 ModelBenchReport run_model_bench(const ModelBenchOptions& options) {
-  models::Gpt2Config config = gpt2_preset(options.model);
   Device device = resolve_device(options.device);
   if (device.is_cuda()) {
     require_cuda("tandem bench model --device cuda");
@@ -167,33 +299,36 @@ ModelBenchReport run_model_bench(const ModelBenchOptions& options) {
                                   cuda_device_count()));
     set_current_device(device);
   }
-  ModelBenchOptions o = resolve(options, config, device);
-  if (device.is_cpu() && o.model != "gpt2-tiny")
+  if (options.model != "lstm" && options.model != "cnn" && options.model != "resnet") gpt2_preset(options.model);
+  ModelBenchOptions o = resolve(options, device);
+  if (device.is_cpu() && is_gpt2(o.model) && o.model != "gpt2-tiny")
     log_warn("{} on the CPU: {} parameters, expect seconds per step and several GB of memory; gpt2-tiny is the "
              "CPU-sized preset",
-             o.model, models::gpt2_num_parameters(config));
+             o.model, models::gpt2_num_parameters(gpt2_preset(o.model)));
 
   Context ctx;
   ctx.device = device;
   ctx.dtype = parse_dtype(o.dtype);
   ctx.stream = Stream::create(device);
   ctx.seed = kSeed;
-  models::Gpt2 model(config);
-  Tensor init = model.params.initial_values(kSeed);
-  model.params.allocate(device, ctx.dtype, init);
+  Subject s = make_subject(o);
+  Tensor init = s.params->initial_values(kSeed);
+  s.params->allocate(device, ctx.dtype, init);
   OptimizerConfig oc;
   oc.name = "adamw";
   oc.weight_decay = kWeightDecay;
-  Optimizer optimizer(model.params, oc, init);
+  Optimizer optimizer(*s.params, oc, init);
   init = Tensor();
-  TokenBatch batch = random_tokens(o.batch_size, o.seq_len, config.vocab_size, device);
+  Tensor inputs = to_device(s.inputs, device, ctx.dtype, ctx.stream);
+  Tensor targets = to_device(s.targets, device, ctx.dtype, ctx.stream);
   CrossEntropyLoss loss_fn;
 
   auto step = [&] {
-    model.params.zero_grads(ctx.stream);
-    Tensor logits = model.forward(batch.inputs, ctx);
-    loss_fn.forward(logits.reshape(rows_by_last(logits)), batch.targets, ctx);
-    model.backward(loss_fn.backward(ctx), ctx);
+    s.params->zero_grads(ctx.stream);
+    ctx.rng_offset = 0;
+    Tensor logits = s.net->forward(inputs, ctx);
+    loss_fn.forward(logits.reshape(rows_by_last(logits)), targets, ctx);
+    s.net->backward(loss_fn.backward(ctx).reshape(logits.shape()), ctx);
     optimizer.step(kLr, 1.f, ctx.stream);
   };
   for (int i = 0; i < o.warmup; i++) step();
@@ -208,21 +343,22 @@ ModelBenchReport run_model_bench(const ModelBenchOptions& options) {
   r.device = device.str();
   r.device_name = device_name(device);
   r.dtype = o.dtype;
-  r.config = config;
-  r.parameters = model.params.numel();
-  TANDEM_CHECK(r.parameters == models::gpt2_num_parameters(config),
-               fmt::format("the model has {} parameters, gpt2_num_parameters says {}", r.parameters,
-                           models::gpt2_num_parameters(config)));
+  r.unit = s.unit;
+  r.architecture = s.architecture;
+  r.config = s.config;
+  r.parameters = s.params->numel();
   r.batch_size = o.batch_size;
   r.seq_len = o.seq_len;
   r.steps = o.steps;
   r.warmup = o.warmup;
   r.step_ms = 1e3 * seconds / o.steps;
-  r.tokens_per_s = static_cast<double>(o.batch_size * o.seq_len) * o.steps / seconds;
-  r.flops_per_token = models::gpt2_flops_per_token(config, o.seq_len);
-  r.model_tflops = r.flops_per_token * r.tokens_per_s / 1e12;
+  int64_t units_per_step = s.unit == "tokens" ? o.batch_size * o.seq_len : o.batch_size;
+  r.units_per_s = static_cast<double>(units_per_step) * o.steps / seconds;
+  r.flops_per_unit = s.flops_per_unit;
+  r.model_tflops = r.flops_per_unit * r.units_per_s / 1e12;
   r.loss = loss_fn.mean(ctx);  // the buffers hold the last step's losses
-  // Random init gives logits near 0, so the loss is about ln(vocab): a NaN
+  r.initial_loss = std::log(static_cast<double>(s.classes));
+  // Random init gives logits near 0, so the loss is about ln(classes): a NaN
   // here is a kernel bug, not bad input.
   TANDEM_CHECK(std::isfinite(r.loss), fmt::format("the loss of the last step is {}", r.loss));
   if (device.is_cuda()) {
@@ -238,47 +374,52 @@ ModelBenchReport run_model_bench(const ModelBenchOptions& options) {
 }
 
 void print_model_report(const ModelBenchReport& r) {
-  const models::Gpt2Config& c = r.config;
-  fmt::print("# bench model: {} (L={} H={} C={} V={}), {} parameters, random tokens, AdamW lr {} wd {}\n", r.model,
-             c.n_layer, c.n_head, c.n_embd, c.vocab_size, r.parameters, kLr, kWeightDecay);
+  bool tokens = r.unit == "tokens";
+  const char* unit1 = tokens ? "token" : "image";
+  fmt::print("# bench model: {} ({}), {} parameters, random {}, AdamW lr {} wd {}\n", r.model, r.architecture,
+             r.parameters, r.unit, kLr, kWeightDecay);
   fmt::print("{:<14} {} ({})\n", "device", r.device, r.device_name);
   fmt::print("{:<14} {}\n", "dtype", r.dtype);
-  fmt::print("{:<14} B={} T={} ({} tokens per step)\n", "batch", r.batch_size, r.seq_len, r.batch_size * r.seq_len);
+  if (tokens)
+    fmt::print("{:<14} B={} T={} ({} tokens per step)\n", "batch", r.batch_size, r.seq_len, r.batch_size * r.seq_len);
+  else
+    fmt::print("{:<14} B={} ({} images per step)\n", "batch", r.batch_size, r.batch_size);
   fmt::print("{:<14} {} timed after {} warm-up\n", "steps", r.steps, r.warmup);
   fmt::print("{:<14} {:.3f}\n", "step_ms", r.step_ms);
-  fmt::print("{:<14} {:.0f}\n", "tokens_per_s", r.tokens_per_s);
-  fmt::print("{:<14} {:.4g} (6N + 12LCT = {:.4g} GFLOP per token)\n", "model_TFLOP/s", r.model_tflops,
-             r.flops_per_token / 1e9);
+  fmt::print("{:<14} {:.0f}\n", tokens ? "tokens_per_s" : "images_per_s", r.units_per_s);
+  std::string accounting = is_gpt2(r.model) ? "6N + 12LCT" : "3 x forward";
+  fmt::print("{:<14} {:.4g} ({} = {:.4g} MFLOP per {})\n", "model_TFLOP/s", r.model_tflops, accounting,
+             r.flops_per_unit / 1e6, unit1);
   if (r.peak_tflops > 0)
     fmt::print("{:<14} {:.1f} % of {:.1f} TFLOP/s dense bf16 ({} peak{})\n", "MFU", 100 * r.mfu, r.peak_tflops,
                r.peak_source, r.peak_source == "datasheet" ? " for " + r.device_name : ": an 8192^3 bf16 matmul here");
   else
     fmt::print("{:<14} n/a on the CPU\n", "MFU");
-  fmt::print("{:<14} {:.4f} (last step; ln(V) = {:.4f})\n", "loss", r.loss, std::log(static_cast<double>(c.vocab_size)));
+  fmt::print("{:<14} {:.4f} (last step; ln({}) = {:.4f})\n", "loss", r.loss, tokens ? "V" : "classes", r.initial_loss);
 }
 
 nlohmann::json model_json(const ModelBenchReport& r) {
-  const models::Gpt2Config& c = r.config;
+  bool tokens = r.unit == "tokens";
   nlohmann::json j = {{"framework", "tandem"},
                       {"model", r.model},
-                      {"config", {{"vocab_size", c.vocab_size}, {"n_positions", c.n_positions},
-                                  {"n_layer", c.n_layer}, {"n_head", c.n_head}, {"n_embd", c.n_embd}}},
+                      {"config", r.config},
                       {"parameters", r.parameters},
+                      {"unit", r.unit},
                       {"batch_size", r.batch_size},
-                      {"seq_len", r.seq_len},
                       {"dtype", r.dtype},
                       {"device", r.device},
                       {"device_name", r.device_name},
                       {"steps", r.steps},
                       {"warmup", r.warmup},
                       {"step_ms", r.step_ms},
-                      {"tokens_per_s", r.tokens_per_s},
-                      {"flops_per_token", r.flops_per_token},
+                      {tokens ? "tokens_per_s" : "images_per_s", r.units_per_s},
+                      {tokens ? "flops_per_token" : "flops_per_image", r.flops_per_unit},
                       {"model_tflops", r.model_tflops},
                       {"peak_tflops", nullptr},
                       {"peak_source", nullptr},
                       {"mfu", nullptr},
                       {"loss", r.loss}};
+  if (tokens) j["seq_len"] = r.seq_len;
   if (r.peak_tflops > 0) {
     j["peak_tflops"] = r.peak_tflops;
     j["peak_source"] = r.peak_source;

@@ -117,14 +117,20 @@ void add_bench_command(CLI::App& app) {
 
   auto margs = std::make_shared<bench::ModelBenchOptions>();
   auto mjson = std::make_shared<std::string>();
-  CLI::App* model = bench->add_subcommand("model", "GPT-2 training steps: step time, tokens/s, model TFLOP/s, MFU");
-  model->add_option("--model", margs->model, "gpt2-124m, gpt2-350m or gpt2-tiny (default gpt2-124m)");
-  model->add_option("--batch-size", margs->batch_size, "Sequences per step (default 8 on GPU, 4 on CPU)");
-  model->add_option("--seq-len", margs->seq_len, "Tokens per sequence (default n_positions on GPU, <= 128 on CPU)");
+  CLI::App* model = bench->add_subcommand(
+      "model", "Training steps of a model: step time, tokens/s or images/s, model TFLOP/s, MFU");
+  model->add_option("--model", margs->model,
+                    "gpt2-124m, gpt2-350m, gpt2-tiny, lstm, cnn or resnet (default gpt2-124m)");
+  model->add_option("--batch-size", margs->batch_size,
+                    "Sequences or images per step (default: gpt2 8 on GPU, 4 on CPU; lstm 128 / 32; "
+                    "cnn and resnet 512 / 128)");
+  model->add_option("--seq-len", margs->seq_len,
+                    "Tokens per sequence, token models only (default: gpt2 n_positions on GPU, <= 128 on CPU; "
+                    "lstm 64)");
   model->add_option("--steps", margs->steps, "Timed steps (default 20)");
   model->add_option("--warmup", margs->warmup, "Untimed steps first (default 5)");
   model->add_option("--device", margs->device, "cpu, cuda, cuda:N or auto (default auto)");
-  model->add_option("--dtype", margs->dtype, "f32 or bf16 (default bf16 on GPU, f32 on CPU)");
+  model->add_option("--dtype", margs->dtype, "f32 or bf16 (default bf16 on GPU, but f32 for lstm; f32 on CPU)");
   model->add_option("--json", *mjson, "Write the results as one JSON object");
   model->callback([margs, mjson] { bench::run_model_command(*margs, *mjson); });
 }

@@ -54,6 +54,7 @@ Cnn::Cnn(const CnnOptions& o) {
     if (o.batchnorm) net.add(std::make_unique<BatchNorm2d>(params, fmt::format("layers.{}", index++), c));
     net.add(std::make_unique<ReLU>());
     net.add(std::make_unique<Pool2d>(Pool2d::Kind::max, 2));
+    forward_flops_per_image += 2.0 * static_cast<double>(channels * 9) * static_cast<double>(c * size * size);
     index += 2;
     channels = c;
     size /= 2;
@@ -68,6 +69,7 @@ Cnn::Cnn(const CnnOptions& o) {
     index++;
   }
   net.add(std::make_unique<Linear>(params, fmt::format("layers.{}", index), o.hidden, o.classes));
+  forward_flops_per_image += 2.0 * static_cast<double>(channels * size * size * o.hidden + o.hidden * o.classes);
 }
 
 }  // namespace tandem::models

@@ -31,6 +31,7 @@ struct Cnn {
   explicit Cnn(const CnnOptions& options);
   ParameterSet params;
   Sequential net;
+  double forward_flops_per_image = 0;  // convolutions and linears, 2 per multiply-add
 };
 
 }  // namespace tandem::models

@@ -28,6 +28,9 @@ CharLstm::CharLstm(const CharLstmOptions& o) {
   net.add(std::make_unique<Embedding>(params, "embedding", o.vocab_size, o.embedding));
   net.add(std::make_unique<Lstm>(params, "lstm", o.embedding, o.hidden, o.layers));
   net.add(std::make_unique<Linear>(params, "head", o.hidden, o.vocab_size));
+  for (int64_t l = 0; l < o.layers; l++)
+    forward_flops_per_token += 2.0 * static_cast<double>(((l == 0 ? o.embedding : o.hidden) + o.hidden) * 4 * o.hidden);
+  forward_flops_per_token += 2.0 * static_cast<double>(o.hidden * o.vocab_size);
 }
 
 }  // namespace tandem::models

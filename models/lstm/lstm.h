@@ -25,6 +25,8 @@ struct CharLstm {
   explicit CharLstm(const CharLstmOptions& options);
   ParameterSet params;
   Sequential net;  // tokens (B, T) i32 -> logits (B, T, vocab)
+  // The gate GEMMs of every layer and the head, 2 per multiply-add.
+  double forward_flops_per_token = 0;
 };
 
 }  // namespace tandem::models

@@ -30,7 +30,7 @@ int shell(const std::string& cmd, std::string* output = nullptr) {
 }
 
 std::string binary() { return tandem_binary(); }
-std::string config() { return std::string(std::getenv("TANDEM_SOURCE_DIR")) + "/models/mlp/fashion.toml"; }
+std::string config() { return source_path("models/mlp/fashion.toml"); }
 
 std::string train_args(int64_t batch, const fs::path& dir) {
   return fmt::format(" train --config {} --set batch_size={} --set max_steps=12 --set log_every=1 --set eval_every=1000"

@@ -210,10 +210,8 @@ TEST_CASE("transformers' GPT2LMHeadModel loads a tandem checkpoint and agrees wi
   REQUIRE(w.train("--ckpt-dir " + ckpt).exit_code == 0);
   std::string args = fmt::format("--data {} --batch-size 2 --seq-len 16 --batches 3", (w.dir / "text_val.bin").string());
   ShellResult ours = run_tandem("eval --checkpoint " + ckpt + " " + args);
-  const char* src = std::getenv("TANDEM_SOURCE_DIR");
-  REQUIRE(src != nullptr);
-  ShellResult theirs = run_shell(fmt::format("{} {}/bench/pytorch/hf_eval.py --checkpoint {}/step_00000012 {} 2>&1",
-                                             interpreter, src, ckpt, args));
+  ShellResult theirs = run_shell(fmt::format("{} {} --checkpoint {}/step_00000012 {} 2>&1", interpreter,
+                                             source_path("bench/pytorch/hf_eval.py"), ckpt, args));
   INFO(ours.output << theirs.output);
   REQUIRE(ours.exit_code == 0);
   REQUIRE(theirs.exit_code == 0);

@@ -51,6 +51,13 @@ inline std::string tandem_binary() {
 // `tandem ARGS`, stdout and stderr together.
 inline ShellResult run_tandem(const std::string& args) { return run_shell(tandem_binary() + " " + args + " 2>&1"); }
 
+// A file of the source tree (configs, scripts), from TANDEM_SOURCE_DIR, which ctest sets.
+inline std::string source_path(const std::string& rel) {
+  const char* src = std::getenv("TANDEM_SOURCE_DIR");
+  REQUIRE(src != nullptr);
+  return std::string(src) + "/" + rel;
+}
+
 // A port nothing listens on right now (the kernel's pick).
 inline int free_port() {
   int fd = socket(AF_INET, SOCK_STREAM, 0);
