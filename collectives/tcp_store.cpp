@@ -19,9 +19,8 @@ using namespace store_wire;
 namespace {
 
 constexpr size_t kMaxIdleConnections = 4;
-constexpr auto kReplyTimeout = std::chrono::seconds(60);  // commands that do not wait
-constexpr auto kReplyMargin = std::chrono::seconds(5);    // beyond a GET/WAIT's own timeout
-constexpr auto kReconnectTimeout = std::chrono::seconds(10);
+constexpr Millis kReplyMargin{5000};  // beyond a GET/WAIT's own timeout, at most
+constexpr Millis kReconnectTimeout{10000};  // at most
 constexpr auto kConnectAttempt = std::chrono::seconds(5);
 constexpr auto kFirstRetryPause = std::chrono::milliseconds(10);
 constexpr auto kMaxRetryPause = std::chrono::milliseconds(500);
@@ -37,6 +36,17 @@ struct Endpoint {
   throw Error(fmt::format("the store connection to {} failed: {}", ep.where(), what), call, __FILE__, __LINE__);
 }
 
+// When a request's reply is due, and how long that gave it (for the message).
+struct ReplyBy {
+  Clock::time_point at;
+  Millis allowed;
+  static ReplyBy from_now(Millis allowed) { return {Clock::now() + allowed, allowed}; }
+};
+
+[[noreturn]] void no_reply(const Endpoint& ep, const ReplyBy& by, const char* call) {
+  throw StoreReplyTimeout(ep.where(), by.allowed, call, __FILE__, __LINE__);
+}
+
 // Waits until `fd` is ready for `events`; false once `deadline` passed.
 bool wait_ready(int fd, short events, Clock::time_point deadline) {
   while (true) {
@@ -48,20 +58,20 @@ bool wait_ready(int fd, short events, Clock::time_point deadline) {
   }
 }
 
-void send_all(const Endpoint& ep, int fd, std::string_view data, Clock::time_point deadline) {
+void send_all(const Endpoint& ep, int fd, std::string_view data, const ReplyBy& by) {
   while (!data.empty()) {
     ssize_t n = ::send(fd, data.data(), data.size(), MSG_NOSIGNAL);
     if (n > 0) {
       data.remove_prefix(n);
     } else if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-      if (!wait_ready(fd, POLLOUT, deadline)) connection_failed(ep, "timed out sending a request", "send");
+      if (!wait_ready(fd, POLLOUT, by.at)) no_reply(ep, by, "send");
     } else if (!(n < 0 && errno == EINTR)) {
       connection_failed(ep, errno_text(errno), "send");
     }
   }
 }
 
-void recv_exact(const Endpoint& ep, int fd, char* p, size_t n, Clock::time_point deadline) {
+void recv_exact(const Endpoint& ep, int fd, char* p, size_t n, const ReplyBy& by) {
   while (n > 0) {
     ssize_t got = ::recv(fd, p, n, 0);
     if (got > 0) {
@@ -70,20 +80,20 @@ void recv_exact(const Endpoint& ep, int fd, char* p, size_t n, Clock::time_point
     } else if (got == 0) {
       connection_failed(ep, "the server closed the connection", "recv");
     } else if (errno == EAGAIN || errno == EWOULDBLOCK) {
-      if (!wait_ready(fd, POLLIN, deadline)) connection_failed(ep, "no reply in time", "recv");
+      if (!wait_ready(fd, POLLIN, by.at)) no_reply(ep, by, "recv");
     } else if (errno != EINTR) {
       connection_failed(ep, errno_text(errno), "recv");
     }
   }
 }
 
-std::string recv_frame(const Endpoint& ep, int fd, Clock::time_point deadline) {
+std::string recv_frame(const Endpoint& ep, int fd, const ReplyBy& by) {
   char header[4];
-  recv_exact(ep, fd, header, 4, deadline);
+  recv_exact(ep, fd, header, 4, by);
   uint32_t len = static_cast<uint32_t>(read_le(header, 4));
   if (len == 0 || len > kMaxFrameBytes) connection_failed(ep, fmt::format("a reply of {} bytes", len), "recv");
   std::string frame(len, '\0');
-  recv_exact(ep, fd, frame.data(), len, deadline);
+  recv_exact(ep, fd, frame.data(), len, by);
   return frame;
 }
 
@@ -143,14 +153,18 @@ Socket dial(const Endpoint& ep, Clock::time_point deadline) {
   }
 }
 
-// A connection that passed the token handshake.
-Socket open_session(const Endpoint& ep, Clock::time_point deadline) {
+// A connection that passed the token handshake (answered within `reply_timeout`).
+Socket open_session(const Endpoint& ep, Clock::time_point deadline, Millis reply_timeout) {
   Socket s = dial(ep, deadline);
-  Clock::time_point reply_by = Clock::now() + kReplyTimeout;
+  ReplyBy reply_by = ReplyBy::from_now(reply_timeout);
   std::string answer;
   try {
     send_all(ep, s.fd(), FrameWriter(Command::hello).str(ep.token).u32(kProtocolVersion).finish(), reply_by);
     answer = recv_frame(ep, s.fd(), reply_by);
+  } catch (const StoreReplyTimeout& e) {
+    throw UserError(fmt::format("the store at {} accepted the connection but did not answer the handshake within "
+                                "{:.1f} s; is its process stopped, or is it not a tandem store?",
+                                ep.where(), e.waited().count() / 1000.0));
   } catch (const Error& e) {
     throw UserError(fmt::format("the store at {} did not complete the handshake ({}); is it a tandem store?",
                                 ep.where(), e.what()));
@@ -168,13 +182,16 @@ Socket open_session(const Endpoint& ep, Clock::time_point deadline) {
 
 class TcpStore final : public Store {
  public:
-  TcpStore(Endpoint ep, Millis connect_timeout, Socket first)
-      : ep_(std::move(ep)), reconnect_timeout_(std::min<Millis>(connect_timeout, kReconnectTimeout)) {
+  TcpStore(Endpoint ep, const TcpStoreOptions& options, Socket first)
+      : ep_(std::move(ep)),
+        reply_timeout_(options.reply_timeout),
+        reply_margin_(std::min(options.reply_timeout, kReplyMargin)),
+        reconnect_timeout_(std::min({options.connect_timeout, options.reply_timeout, kReconnectTimeout})) {
     idle_.push_back(std::move(first));
   }
 
   void set(const std::string& key, const Bytes& value) override {
-    std::string answer = call(FrameWriter(Command::set).str(key).str(view(value)).finish(), kReplyTimeout);
+    std::string answer = call(FrameWriter(Command::set).str(key).str(view(value)).finish(), reply_timeout_);
     done(open(answer, Reply::ok));
   }
 
@@ -187,7 +204,7 @@ class TcpStore final : public Store {
   }
 
   int64_t add(const std::string& key, int64_t delta) override {
-    std::string answer = call(FrameWriter(Command::add).str(key).i64(delta).finish(), kReplyTimeout);
+    std::string answer = call(FrameWriter(Command::add).str(key).i64(delta).finish(), reply_timeout_);
     FrameReader r = open(answer, Reply::integer);
     int64_t value = r.i64();
     done(r);
@@ -204,7 +221,7 @@ class TcpStore final : public Store {
   Bytes compare_set(const std::string& key, const Bytes& expected, const Bytes& desired) override {
     FrameWriter request(Command::compare_set);
     request.str(key).str(view(expected)).str(view(desired));
-    std::string answer = call(request.finish(), kReplyTimeout);
+    std::string answer = call(request.finish(), reply_timeout_);
     FrameReader r = open(answer, Reply::value);
     std::string_view value = r.str();
     done(r);
@@ -212,19 +229,19 @@ class TcpStore final : public Store {
   }
 
   bool remove(const std::string& key) override {
-    std::string answer = call(FrameWriter(Command::remove).str(key).finish(), kReplyTimeout);
+    std::string answer = call(FrameWriter(Command::remove).str(key).finish(), reply_timeout_);
     return boolean(answer);
   }
 
   bool check(const std::vector<std::string>& keys) override {
     FrameWriter request(Command::check);
-    std::string answer = call(put_keys(request, keys).finish(), kReplyTimeout);
+    std::string answer = call(put_keys(request, keys).finish(), reply_timeout_);
     return boolean(answer);
   }
 
  private:
   static std::string_view view(const Bytes& b) { return {b.data(), b.size()}; }
-  static Clock::duration budget(Millis timeout) { return Millis(clamp_wait(timeout)) + kReplyMargin; }
+  Millis budget(Millis timeout) const { return Millis(clamp_wait(timeout)) + reply_margin_; }
 
   FrameWriter& put_keys(FrameWriter& w, const std::vector<std::string>& keys) const {
     if (keys.size() > kMaxKeysPerRequest)
@@ -238,11 +255,11 @@ class TcpStore final : public Store {
   // One round trip on a connection of its own, so a thread parked in a
   // WAIT never holds up another thread's SET. A connection that failed
   // mid-request is closed, never reused: its stream may be out of step.
-  std::string call(const std::string& request, Clock::duration reply_timeout) {
+  std::string call(const std::string& request, Millis reply_timeout) {
     Socket s = acquire();
-    Clock::time_point deadline = Clock::now() + reply_timeout;
-    send_all(ep_, s.fd(), request, deadline);
-    std::string answer = recv_frame(ep_, s.fd(), deadline);
+    ReplyBy by = ReplyBy::from_now(reply_timeout);
+    send_all(ep_, s.fd(), request, by);
+    std::string answer = recv_frame(ep_, s.fd(), by);
     std::lock_guard<std::mutex> lock(mutex_);
     if (idle_.size() < kMaxIdleConnections) idle_.push_back(std::move(s));
     return answer;
@@ -257,7 +274,7 @@ class TcpStore final : public Store {
         return s;
       }
     }
-    return open_session(ep_, Clock::now() + reconnect_timeout_);
+    return open_session(ep_, Clock::now() + reconnect_timeout_, reply_timeout_);
   }
 
   // A reader past the reply's type byte; TIMEOUT and ERROR replies throw.
@@ -283,6 +300,8 @@ class TcpStore final : public Store {
   }
 
   Endpoint ep_;
+  Millis reply_timeout_;      // TcpStoreOptions::reply_timeout
+  Millis reply_margin_;       // past a GET's or WAIT's own timeout
   Millis reconnect_timeout_;  // for connections after the first: a server that went away fails fast
   std::mutex mutex_;
   std::vector<Socket> idle_;
@@ -290,11 +309,24 @@ class TcpStore final : public Store {
 
 }  // namespace
 
+StoreReplyTimeout::StoreReplyTimeout(const std::string& where, Millis waited, const char* call, const char* file,
+                                     int line)
+    : Error(fmt::format("the store at {} did not answer within {:.1f} s", where, waited.count() / 1000.0), call,
+            file, line),
+      waited_(waited) {}
+
+std::shared_ptr<Store> connect_tcp_store(const std::string& host, int port, const std::string& token,
+                                         const TcpStoreOptions& options) {
+  TANDEM_CHECK(options.reply_timeout > Millis(0), "a store reply timeout must be positive");
+  Endpoint ep{host, port, token};
+  Socket first =
+      open_session(ep, Clock::now() + Millis(clamp_wait(options.connect_timeout)), options.reply_timeout);
+  return std::make_shared<TcpStore>(std::move(ep), options, std::move(first));
+}
+
 std::shared_ptr<Store> connect_tcp_store(const std::string& host, int port, const std::string& token,
                                          Millis connect_timeout) {
-  Endpoint ep{host, port, token};
-  Socket first = open_session(ep, Clock::now() + Millis(clamp_wait(connect_timeout)));
-  return std::make_shared<TcpStore>(std::move(ep), connect_timeout, std::move(first));
+  return connect_tcp_store(host, port, token, TcpStoreOptions{.connect_timeout = connect_timeout});
 }
 
 std::string generate_job_token() {

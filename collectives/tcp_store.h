@@ -15,10 +15,12 @@
 #include <thread>
 
 #include "collectives/store.h"
+#include "runtime/core/error.h"
 
 namespace tandem::collectives {
 
 constexpr uint32_t kMaxFrameBytes = 64u << 20;  // 64 MiB: far above any rendezvous value
+constexpr Millis kDefaultReplyTimeout{60000};    // see TcpStoreOptions::reply_timeout
 
 class TcpStoreServer {
  public:
@@ -36,9 +38,35 @@ class TcpStoreServer {
   std::unique_ptr<Impl> impl_;
 };
 
-// Connects to a server, retrying until `connect_timeout` (the server may
-// start after its clients), and authenticates with `token`. Throws
-// UserError when the server is unreachable or refuses the token.
+struct TcpStoreOptions {
+  // How long the first connection is retried (the server may start after
+  // its clients); 0 makes one attempt.
+  Millis connect_timeout{0};
+  // How long a request may go unanswered before the client gives up on the
+  // server (StoreReplyTimeout): the whole round trip of a request that does
+  // not wait, the handshake, a later reconnect (at most 10 s either way),
+  // and the margin past a GET's or WAIT's own timeout (at most 5 s). A
+  // server or a network that stopped is noticed within this.
+  Millis reply_timeout = kDefaultReplyTimeout;
+};
+
+// A request the server did not answer within the client's reply timeout;
+// its connection is closed (never reused).
+class StoreReplyTimeout : public Error {
+ public:
+  StoreReplyTimeout(const std::string& where, Millis waited, const char* call, const char* file, int line);
+  Millis waited() const { return waited_; }
+
+ private:
+  Millis waited_;
+};
+
+// Connects to a server, retrying until `options.connect_timeout`, and
+// authenticates with `token`. Throws UserError when the server is
+// unreachable or refuses the token.
+std::shared_ptr<Store> connect_tcp_store(const std::string& host, int port, const std::string& token,
+                                         const TcpStoreOptions& options);
+// The same with the default reply timeout.
 std::shared_ptr<Store> connect_tcp_store(const std::string& host, int port, const std::string& token,
                                          Millis connect_timeout);
 

@@ -2,7 +2,7 @@
 //
 //   tandem launch [--nproc-per-node N|gpu|cpu|auto] [--nnodes N --node-rank I
 //                 --master-addr H --master-port P] [--backend nccl|gloo]
-//                 [--max-restarts K] -- command args...
+//                 [--max-restarts K] [--node-timeout SECONDS] -- command args...
 //
 // This file turns flags (or Slurm's variables) into a plan, serves the TCP
 // store on node 0, brings every node's launcher together, and builds each
@@ -33,6 +33,7 @@ using collectives::Store;
 using Clock = std::chrono::steady_clock;
 
 constexpr int kDefaultMasterPort = 29500;
+constexpr double kMinNodeTimeout = 1;  // s: heartbeats come every 250 ms at best (Note [Lost nodes])
 constexpr Millis kJoinTimeout{300000};  // for every node's launcher to join
 constexpr Millis kJoinPoll{200};        // how often the joined nodes are counted
 constexpr Millis kMismatchWait{5000};   // node 0, for the others to see that the nodes disagree
@@ -45,6 +46,7 @@ struct LaunchArgs {
   int master_port = kDefaultMasterPort;
   std::string backend;
   int max_restarts = 0;
+  double node_timeout = kDefaultNodeTimeout.count() / 1000.0;  // s
   std::vector<std::string> command;
   CLI::Option *nproc_opt = nullptr, *nnodes_opt = nullptr, *node_rank_opt = nullptr, *addr_opt = nullptr,
               *port_opt = nullptr;
@@ -71,6 +73,8 @@ bool is_loopback(const std::string& host) {
 LaunchPlan resolve_plan(const LaunchArgs& a) {
   if (a.max_restarts < 0)
     throw UserError(fmt::format("--max-restarts {}: expected 0 or more whole-job restarts", a.max_restarts));
+  if (!(a.node_timeout >= kMinNodeTimeout && a.node_timeout <= 86400))
+    throw UserError(fmt::format("--node-timeout {}: expected {} to 86400 seconds", a.node_timeout, kMinNodeTimeout));
   if (a.command.empty()) throw UserError("no command to run: tandem launch [options] -- <command> [args...]");
   bool all_given = a.nproc_opt->count() && a.nnodes_opt->count() && a.node_rank_opt->count() && a.addr_opt->count();
   SlurmJob slurm = all_given ? SlurmJob{} : read_slurm_env();
@@ -86,6 +90,7 @@ LaunchPlan resolve_plan(const LaunchArgs& a) {
   p.port_given = a.port_opt->count() > 0;
   p.backend = !a.backend.empty() ? a.backend : cuda_device_count() > 0 ? "nccl" : "gloo";
   p.max_restarts = a.max_restarts;
+  p.node_timeout = Millis(static_cast<int64_t>(a.node_timeout * 1000));
   if (p.nnodes < 1) throw UserError(fmt::format("--nnodes {}: needs at least 1 node", p.nnodes));
   if (p.node_rank < 0 || p.node_rank >= p.nnodes)
     throw UserError(
@@ -140,6 +145,8 @@ void rendezvous(Store& store, const LaunchPlan& p) {
     throw UserError(fmt::format(
         "node rank {} is already taken (nproc, host, pid: {}); give each node its own --node-rank", p.node_rank, held));
   store.set(fmt::format("launch/max_restarts/{}", p.node_rank), collectives::to_bytes(std::to_string(p.max_restarts)));
+  store.set(fmt::format("launch/node_timeout/{}", p.node_rank),
+            collectives::to_bytes(std::to_string(p.node_timeout.count())));
   store.compare_set("launch/attempt", {}, collectives::to_bytes("0"));
   std::vector<std::string> keys;
   for (int i = 0; i < p.nnodes; i++) keys.push_back(fmt::format("launch/node/{}", i));
@@ -160,11 +167,14 @@ void rendezvous(Store& store, const LaunchPlan& p) {
     }
     std::this_thread::sleep_for(kJoinPoll);
   }
+  // Node I writes these right after its node key: its launcher has
+  // node_timeout to do so (Note [Lost nodes]).
+  auto value = [&](const std::string& key) { return collectives::to_string(store.get(key, p.node_timeout)); };
   std::string mismatch;
   for (int i = 0; i < p.nnodes && mismatch.empty(); i++) {
-    std::string other = collectives::to_string(store.get(keys[i], kJoinTimeout));
-    int restarts = std::atoi(
-        collectives::to_string(store.get(fmt::format("launch/max_restarts/{}", i), kJoinTimeout)).c_str());
+    std::string other = value(keys[i]);
+    int restarts = std::atoi(value(fmt::format("launch/max_restarts/{}", i)).c_str());
+    int64_t node_timeout = std::atoll(value(fmt::format("launch/node_timeout/{}", i)).c_str());
     if (std::atoi(other.c_str()) != p.nproc)
       mismatch = fmt::format("node {} has --nproc-per-node {} but node {} has {} (nproc, host, pid: {}); every node "
                              "needs the same",
@@ -172,6 +182,9 @@ void rendezvous(Store& store, const LaunchPlan& p) {
     else if (restarts != p.max_restarts)
       mismatch = fmt::format("node {} has --max-restarts {} but node {} has {}; every node needs the same",
                              p.node_rank, p.max_restarts, i, restarts);
+    else if (node_timeout != p.node_timeout.count())
+      mismatch = fmt::format("node {} has --node-timeout {} but node {} has {}; every node needs the same",
+                             p.node_rank, p.node_timeout.count() / 1000.0, i, node_timeout / 1000.0);
   }
   if (mismatch.empty()) return;
   // Every launcher finds a mismatch; node 0 keeps the store up (a few
@@ -201,8 +214,17 @@ int run_launch(const LaunchArgs& args) {
   }
   std::shared_ptr<Store> store;
   if (p.nnodes > 1) {
-    store = collectives::connect_tcp_store(p.node_rank == 0 ? "127.0.0.1" : p.master_addr, port, p.token, kJoinTimeout);
-    rendezvous(*store, p);
+    // Note [Lost nodes]: a store request unanswered for node_timeout ends the job here.
+    store = collectives::connect_tcp_store(p.node_rank == 0 ? "127.0.0.1" : p.master_addr, port, p.token,
+                                           {.connect_timeout = kJoinTimeout, .reply_timeout = p.node_timeout});
+    try {
+      rendezvous(*store, p);
+    } catch (const collectives::StoreReplyTimeout& e) {
+      write_locked(2, fmt::format("tandem launch: lost the store at {}:{} while the nodes joined: no reply within "
+                                  "{:.1f} s (--node-timeout {})\n",
+                                  p.master_addr, port, e.waited().count() / 1000.0, p.node_timeout.count() / 1000.0));
+      return 1;
+    }
   }
   // Resolved once, so a command that cannot be found is a user error now,
   // not at a restart.
@@ -236,15 +258,20 @@ void add_launch_command(CLI::App& app) {
                                    "when 29500 is busy; 0 picks a free one on a single node)");
   cmd->add_option("--backend", args->backend, "nccl or gloo (default: nccl when a GPU is visible, else gloo)");
   cmd->add_option("--max-restarts,--max_restarts", args->max_restarts, "Whole-job restarts after a worker fails (default 0); workers see TANDEM_RESTART_COUNT");
+  cmd->add_option("--node-timeout,--node_timeout", args->node_timeout,
+                  "Seconds after which a silent node is lost (default 30, at least 1, the same on every node): node "
+                  "0 ends the job when another node's launcher stops its heartbeats this long, and another node's "
+                  "launcher stops its workers and exits when the store on node 0 does not answer this long");
   cmd->add_option("command", args->command, "The command each worker runs; put -- before it");
   cmd->footer(
       "Each worker gets RANK, LOCAL_RANK, WORLD_SIZE, LOCAL_WORLD_SIZE, GROUP_RANK, MASTER_ADDR, MASTER_PORT,\n"
       "TANDEM_JOB_TOKEN and TANDEM_BACKEND; its output lines are prefixed with \"[rank R] \". Jobs on several\n"
       "nodes need TANDEM_JOB_TOKEN set to one secret on every node. When a worker fails, the job's workers are\n"
       "stopped and, --max-restarts times at most, all started again (same ranks) with TANDEM_RESTART_COUNT\n"
-      "counting the restarts (tandem train then resumes from its newest checkpoint). Exit code: 0 when every\n"
-      "worker of an attempt succeeds, else the job's first failure's exit code (128 + signal when it was\n"
-      "killed by one).");
+      "counting the restarts (tandem train then resumes from its newest checkpoint). A lost node (see\n"
+      "--node-timeout) ends the job without a restart. Exit code: 0 when every worker of an attempt succeeds,\n"
+      "else the job's first failure's exit code (128 + signal when it was killed by one; 1 for a lost node\n"
+      "or store).");
   cmd->callback([args] {
     int code = run_launch(*args);
     if (code != 0) std::exit(code);  // the launcher's exit code is the job's; everything is torn down by now

@@ -5,10 +5,12 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdlib>
 #include <thread>
 
+#include "collectives/tcp_store.h"
 #include "runtime/core/error.h"
 
 namespace tandem::tools {
@@ -21,11 +23,13 @@ using Clock = std::chrono::steady_clock;
 constexpr Millis kStopGrace{10000};          // SIGTERM -> SIGKILL
 constexpr Millis kTick{20};                  // how often workers and signals are checked
 constexpr Millis kStorePoll{200};            // how often the store's failure keys are checked
-constexpr Millis kHeartbeat{1000};           // how often a launcher says it is alive
-constexpr Millis kPeerSilence{30000};        // a launcher silent this long is gone
+constexpr Millis kMinHeartbeat{250};         // Note [Lost nodes]: heartbeats come every
+constexpr Millis kMaxHeartbeat{1000};        //   node_timeout / 4, within these bounds
 constexpr Millis kFailureAckTimeout{10000};  // after a failure, for the others to notice
 constexpr Millis kRestartMeet{60000};        // for every launcher to reach a restart's barrier
 constexpr Millis kOutputDrain{2000};         // for pipes a worker's children hold open
+
+double seconds(Clock::duration d) { return std::chrono::duration<double>(d).count(); }
 
 // A failure as the store holds it: "code cause".
 struct Cause {
@@ -43,7 +47,10 @@ struct Cause {
 class Launcher {
  public:
   Launcher(const LaunchPlan& plan, std::shared_ptr<Store> store, const StartWorkers& start)
-      : p_(plan), store_(std::move(store)), start_(start) {}
+      : p_(plan),
+        store_(std::move(store)),
+        start_(start),
+        heartbeat_every_(std::clamp(p_.node_timeout / 4, kMinHeartbeat, kMaxHeartbeat)) {}
 
   int run() {
     for (attempt_ = 0;; attempt_++) {
@@ -90,9 +97,12 @@ class Launcher {
         publish_abort();
       }
     }
+    // Every worker is reaped: the attempt has ended here. Said before the
+    // output drains (up to kOutputDrain) so that node 0, which stops
+    // watching a node once it is done, never takes the drain for silence.
+    report_done();
     group->finish_output(kOutputDrain);
     group.reset();
-    report_done();
     if (failed()) return false;
     if (store_) await_others();
     if (failed()) return false;
@@ -145,21 +155,22 @@ class Launcher {
   }
 
   void take_published_failure() {
-    failure_ = Cause::decode(collectives::to_string(store_->get(key("failed"), kStorePoll * 10)));
+    failure_ = Cause::decode(collectives::to_string(store_->get(key("failed"), kStorePoll)));  // known to exist
     check_abort();
   }
 
   bool check_abort() {
     if (!store_->check({"launch/abort"})) return false;
-    end_restarts(Cause::decode(collectives::to_string(store_->get("launch/abort", kStorePoll * 10))).text);
+    end_restarts(Cause::decode(collectives::to_string(store_->get("launch/abort", kStorePoll))).text);
     return true;
   }
 
   // A launcher other than node 0 counts its heartbeats; node 0 watches them
-  // (when `watch`) and fails the job when a node still running went silent.
+  // (when `watch`) and fails the job when a node still running went silent
+  // for node_timeout (Note [Lost nodes]).
   void heartbeat(bool watch) {
     if (Clock::now() < next_heartbeat_) return;
-    next_heartbeat_ = Clock::now() + kHeartbeat;
+    next_heartbeat_ = Clock::now() + heartbeat_every_;
     if (p_.node_rank != 0) {
       store_->add(fmt::format("launch/alive/{}", p_.node_rank), 1);
       return;
@@ -175,10 +186,11 @@ class Launcher {
       if (n != alive_[i]) {
         alive_[i] = n;
         changed_[i] = Clock::now();
-      } else if (Clock::now() - changed_[i] > kPeerSilence) {
-        std::string why = fmt::format("the launcher of node {} stopped reporting for {} s; its workers' outcome is "
-                                      "unknown",
-                                      i, kPeerSilence.count() / 1000);
+      } else if (Clock::now() - changed_[i] > p_.node_timeout) {
+        std::string why = fmt::format("node {} lost: no heartbeat from its launcher{} for {:.1f} s (--node-timeout "
+                                      "{}); its workers' outcome is unknown",
+                                      i, launcher_of(i), seconds(Clock::now() - changed_[i]),
+                                      seconds(p_.node_timeout));
         peer_lost_ = true;
         end_restarts(why);
         fail(1, why);
@@ -188,10 +200,26 @@ class Launcher {
     }
   }
 
+  // " (pid P on HOST)", as node I's launcher wrote it at the rendezvous.
+  std::string launcher_of(int node) {
+    std::string held = collectives::to_string(store_->get(fmt::format("launch/node/{}", node), kStorePoll));
+    size_t host = held.find(' '), pid = held.rfind(' ');
+    if (host == std::string::npos || pid <= host) return "";
+    return fmt::format(" (pid {} on {})", held.substr(pid + 1), held.substr(host + 1, pid - host - 1));
+  }
+
+  // Note [Lost nodes]: a store that does not answer within node_timeout (the
+  // client's reply timeout), or whose connection fails, ends the job here.
   void lose_store(const std::exception& e) {
     store_.reset();
-    std::string why = fmt::format("lost the store at {}:{} (did node 0's launcher stop?): {}", p_.master_addr,
-                                  p_.master_port, e.what());
+    std::string why;
+    if (const auto* silent = dynamic_cast<const collectives::StoreReplyTimeout*>(&e))
+      why = fmt::format("lost the store at {}:{}: no reply within {:.1f} s (--node-timeout {}); is node 0's launcher "
+                        "running, and the network to it up?",
+                        p_.master_addr, p_.master_port, seconds(silent->waited()), seconds(p_.node_timeout));
+    else
+      why = fmt::format("lost the store at {}:{} (did node 0's launcher stop?): {}", p_.master_addr, p_.master_port,
+                        e.what());
     end_restarts(why);
     fail(1, why);
   }
@@ -334,6 +362,7 @@ class Launcher {
   std::string final_why_;
   int signal_ = 0;          // the signal the launcher got, when that is the failure
   bool peer_lost_ = false;  // a launcher went silent: nobody is left to wait for
+  Millis heartbeat_every_;
   Clock::time_point next_heartbeat_ = Clock::now();
   std::vector<int64_t> alive_;
   std::vector<Clock::time_point> changed_;

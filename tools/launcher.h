@@ -17,9 +17,27 @@
 // or a node that does not come back to the barrier ends the job without
 // another restart ("launch/abort").
 //
+// Note [Lost nodes]: one timeout, --node-timeout T (LaunchPlan::node_timeout,
+// the same on every node), bounds how long a launcher takes to notice that
+// another node is gone. Launchers other than node 0 add to their heartbeat
+// counter every T/4 (250 ms to 1 s); node 0 reads the counters as often and
+// fails the job with "node I lost: no heartbeat ... for X s" once a node
+// still running (not yet done with the attempt) has not moved its counter
+// for T: within T plus two heartbeat periods of a launcher's death. The
+// launchers' store client gives up on a request after T (its reply
+// timeout), and every launcher asks the store something every kStorePoll
+// while its workers run: a node cut off from node 0 (or from a store that
+// stopped answering) stops its workers and exits within T plus one poll,
+// naming the store and how long it waited. Neither case restarts the job:
+// a lost node cannot rejoin, and a node that lost the store cannot agree on
+// a restart. The workers' own timeout (tandem train's comm_timeout) is
+// separate: a cut link fails their collectives after it, whichever of the
+// two is shorter is seen first.
+//
 // Store keys (all under "launch/"; A is an attempt, I a node rank):
 //   node/I              "nproc host pid" of node I's launcher (rendezvous)
-//   max_restarts        --max-restarts, which every node must share
+//   max_restarts/I      --max-restarts of node I, which every node must share
+//   node_timeout/I      --node-timeout of node I in ms, likewise
 //   attempt             the attempt the job is on (moved on at each barrier)
 //   failed/A            "code cause" of attempt A's first failure (first wins)
 //   abort               "code cause" of what ended the job's restarts
@@ -40,8 +58,15 @@
 namespace tandem::tools {
 
 // The settings once flags, Slurm and defaults are combined.
+// --node-timeout's default: long enough that a busy node 0 or a short
+// network stall does not end a job (torchrun's agents call a node lost
+// after 3 missed keep-alives 5 s apart, 15 s), short next to the 300 s a
+// collective may take by default (comm_timeout).
+inline constexpr Millis kDefaultNodeTimeout{30000};
+
 struct LaunchPlan {
   int nproc = 1, nnodes = 1, node_rank = 0, master_port = 0, max_restarts = 0;
+  Millis node_timeout = kDefaultNodeTimeout;  // Note [Lost nodes]
   bool port_given = false;  // else one node may move off a busy default port
   std::string master_addr, backend, token, host;
 };

@@ -514,6 +514,65 @@ TEST_CASE("tcp store: the server stops promptly; its clients get an error, not a
   REQUIRE(seconds_since(start) < 2.0);
 }
 
+// A server that completes the handshake of its first connection and then
+// goes silent: what a client sees of a stopped (SIGSTOP) or cut-off store.
+// Later connections are queued by the kernel and never answered.
+struct SilentServer {
+  int listen_fd = -1, peer_fd = -1, port = 0;
+  std::thread accepter;
+
+  SilentServer() {
+    listen_fd = ::socket(AF_INET, SOCK_STREAM, 0);
+    REQUIRE(listen_fd >= 0);
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    REQUIRE(::bind(listen_fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0);
+    REQUIRE(::listen(listen_fd, 16) == 0);
+    socklen_t len = sizeof addr;
+    REQUIRE(::getsockname(listen_fd, reinterpret_cast<sockaddr*>(&addr), &len) == 0);
+    port = ntohs(addr.sin_port);
+    accepter = std::thread([this] {
+      peer_fd = ::accept(listen_fd, nullptr, nullptr);
+      char hello[256];
+      ssize_t n = ::recv(peer_fd, hello, sizeof hello, 0);  // the HELLO frame, small enough for one read
+      if (n > 0) ::send(peer_fd, (header(1) + kOk).data(), 5, MSG_NOSIGNAL);
+    });
+  }
+  ~SilentServer() {
+    accepter.join();
+    ::close(peer_fd);
+    ::close(listen_fd);
+  }
+};
+
+TEST_CASE("tcp store: a server that stops answering fails each request within reply_timeout", "[store][tcp]") {
+  SilentServer server;
+  auto s = connect_tcp_store("127.0.0.1", server.port, "t",
+                             TcpStoreOptions{.connect_timeout = kConnect, .reply_timeout = 300ms});
+  auto start = Clock::now();
+  try {
+    s->set("k", to_bytes("v"));
+    FAIL("a silent server answered");
+  } catch (const StoreReplyTimeout& e) {
+    REQUIRE(e.waited() == 300ms);
+    REQUIRE(std::string(e.what()).find("did not answer within 0.3 s") != std::string::npos);
+  }
+  double first = seconds_since(start);
+  REQUIRE(first >= 0.29);
+  REQUIRE(first < 1.0);
+  // The failed connection is dropped; a new one is not answered either, and
+  // gives up as soon (a GET's own timeout plus at most reply_timeout).
+  start = Clock::now();
+  try {
+    s->get("k", 200ms);
+    FAIL("a silent server answered");
+  } catch (const UserError& e) {
+    REQUIRE(std::string(e.what()).find("did not answer the handshake within 0.3 s") != std::string::npos);
+  }
+  REQUIRE(seconds_since(start) < 1.5);
+}
+
 TEST_CASE("tcp store: job tokens are 64 fresh hex digits", "[store][tcp]") {
   std::string a = generate_job_token(), b = generate_job_token();
   REQUIRE(a.size() == 64);

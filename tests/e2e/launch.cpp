@@ -296,6 +296,7 @@ TEST_CASE("launch gives one clear line (exit 2) for each bad invocation", "[e2e]
   std::vector<Case> cases = {
       {"--nnodes 2 --node-rank 0 --master-port 29999 -- true", "", "TANDEM_JOB_TOKEN"},
       {"--max-restarts -1 -- true", "", "--max-restarts -1: expected 0 or more"},
+      {"--node-timeout 0.5 -- true", "", "--node-timeout 0.5: expected 1 to 86400 seconds"},
       {"--nnodes 2 --node-rank 2 -- true", "", "--node-rank 2 is outside 0..1"},
       {"--nproc-per-node 0 -- true", "", "--nproc-per-node '0'"},
       {"--nproc-per-node many -- true", "", "--nproc-per-node 'many'"},

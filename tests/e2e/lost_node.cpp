@@ -1,0 +1,210 @@
+// Lost nodes (Note [Lost nodes] in tools/launcher.h) with two launchers of a
+// --nnodes 2 job on this machine and --node-timeout 3: node 1's launcher
+// killed with SIGKILL is named by node 0 within 2 x the timeout; node 0's
+// launcher (whose thread serves the store) stopped with SIGSTOP makes node 1
+// stop its workers and exit within 2 x the timeout, naming the store. Each
+// case takes about the timeout; every launcher is killed and reaped at the
+// end, and every worker it started must be gone.
+#include <fcntl.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/wait.h>
+#include <unistd.h>
+#include <fmt/format.h>
+
+#include <chrono>
+#include <filesystem>
+#include <optional>
+#include <regex>
+#include <string>
+#include <thread>
+
+#include "support/process.h"
+#include "support/testing.h"
+
+using namespace tandem::testing;
+namespace fs = std::filesystem;
+using Clock = std::chrono::steady_clock;
+
+extern char** environ;
+
+namespace {
+
+constexpr int kNodeTimeout = 3;               // s, --node-timeout
+constexpr double kBound = 2.0 * kNodeTimeout;  // what the launcher promises
+constexpr double kStartBound = 20;             // s, for both launchers to start their workers
+
+double seconds_between(Clock::time_point a, Clock::time_point b) {
+  return std::chrono::duration<double>(b - a).count();
+}
+
+Clock::time_point after(Clock::time_point t, double seconds) {
+  return t + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(seconds));
+}
+
+bool contains(const std::string& text, const std::string& needle) { return text.find(needle) != std::string::npos; }
+
+// One node's `tandem launch` (the spawned pid is the launcher's, through
+// sh's and env's exec), its output in a file; killed and reaped at the end.
+class Node {
+ public:
+  Node(int rank, const std::string& token, int port, const std::string& extra)
+      : log_(fs::temp_directory_path() / fmt::format("tandem_lost_node_{}_{}.log", rank, fresh_seed())) {
+    std::string clear;
+    for (const char* var : {"SLURM_NNODES", "SLURM_JOB_NUM_NODES", "SLURM_NODEID", "SLURM_NTASKS_PER_NODE",
+                            "SLURM_GPUS_ON_NODE", "SLURM_JOB_NODELIST", "SLURM_NODELIST"})
+      clear += fmt::format("-u {} ", var);
+    std::string line = fmt::format(
+        "exec env {}TANDEM_JOB_TOKEN={} {} launch --nnodes 2 --node-rank {} --master-port {} --nproc-per-node 2 "
+        "--node-timeout {} {} -- sh -c 'echo pid $$; exec sleep 60'",
+        clear, token, tandem_binary(), rank, port, kNodeTimeout, extra);
+    const char* argv[] = {"/bin/sh", "-c", line.c_str(), nullptr};
+    posix_spawn_file_actions_t actions;
+    posix_spawn_file_actions_init(&actions);
+    posix_spawn_file_actions_addopen(&actions, 1, log_.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    posix_spawn_file_actions_adddup2(&actions, 1, 2);
+    int rc = posix_spawn(&pid_, argv[0], &actions, nullptr, const_cast<char**>(argv), environ);
+    posix_spawn_file_actions_destroy(&actions);
+    REQUIRE(rc == 0);
+  }
+  ~Node() {
+    if (!code_) {
+      kill(pid_, SIGKILL);  // a stopped process dies of it too
+      waitpid(pid_, nullptr, 0);
+    }
+    fs::remove(log_);
+  }
+  Node(const Node&) = delete;
+  Node& operator=(const Node&) = delete;
+
+  pid_t pid() const { return pid_; }
+  std::string output() const { return read_bytes(log_); }
+
+  // When the output first held `n` matches of `pattern`, polled until `deadline`.
+  std::optional<Clock::time_point> await(const std::regex& pattern, Clock::time_point deadline, size_t n = 1) const {
+    while (true) {
+      std::string out = output();
+      if (static_cast<size_t>(std::distance(std::sregex_iterator(out.begin(), out.end(), pattern),
+                                            std::sregex_iterator())) >= n)
+        return Clock::now();
+      if (Clock::now() >= deadline) return std::nullopt;
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+  }
+
+  // The exit code once the launcher has exited by `deadline`.
+  std::optional<int> wait_until(Clock::time_point deadline) {
+    while (!code_) {
+      int status = 0;
+      pid_t r = waitpid(pid_, &status, WNOHANG);
+      REQUIRE(r >= 0);
+      if (r == pid_) {
+        code_ = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+        exited_ = Clock::now();
+      } else if (Clock::now() >= deadline) {
+        return std::nullopt;
+      } else {
+        std::this_thread::sleep_for(std::chrono::milliseconds(20));
+      }
+    }
+    return code_;
+  }
+  Clock::time_point exited() const { return exited_; }
+
+ private:
+  fs::path log_;
+  pid_t pid_ = -1;
+  std::optional<int> code_;
+  Clock::time_point exited_;
+};
+
+// Two launchers of one job (`extra` flags on both), once all four workers
+// have said "pid".
+struct Job {
+  explicit Job(const std::string& extra) {
+    std::string token = fmt::format("test-{}", fresh_seed());
+    int port = free_port();
+    for (int i : {0, 1}) nodes[i].emplace(i, token, port, extra);
+    auto deadline = after(Clock::now(), kStartBound);
+    for (int i : {0, 1}) {
+      INFO(outputs());
+      REQUIRE(nodes[i]->await(std::regex(R"(\] pid \d+\n)"), deadline, 2));
+    }
+  }
+  std::string outputs() const {
+    return fmt::format("--- node 0:\n{}\n--- node 1:\n{}", nodes[0]->output(), nodes[1]->output());
+  }
+  std::optional<Node> nodes[2];
+};
+
+}  // namespace
+
+TEST_CASE("node 0 names a node whose launcher was killed within 2 x --node-timeout", "[e2e][lost_node]") {
+  Job job("--max-restarts 1");
+  std::vector<pid_t> workers = announced_pids(job.outputs());
+  REQUIRE(kill(job.nodes[1]->pid(), SIGKILL) == 0);
+  auto killed = Clock::now();
+  auto deadline = after(killed, kBound + kNodeTimeout);
+  std::optional<Clock::time_point> named = job.nodes[0]->await(
+      std::regex(fmt::format(R"(tandem launch: node 1 lost: no heartbeat from its launcher \(pid {} on [^)]+\) for )"
+                             R"([\d.]+ s \(--node-timeout {}\))",
+                             job.nodes[1]->pid(), kNodeTimeout)),
+      deadline);
+  std::optional<int> code = job.nodes[0]->wait_until(deadline);
+  INFO(job.outputs());
+  REQUIRE(named.has_value());
+  REQUIRE(code.has_value());
+  double detected = seconds_between(killed, *named), exited = seconds_between(killed, job.nodes[0]->exited());
+  WARN(fmt::format("node 0 named the lost node {:.2f} s and exited {:.2f} s after node 1's launcher was killed "
+                   "(bound {} s)",
+                   detected, exited, kBound));
+  REQUIRE(detected <= kBound);
+  REQUIRE(exited <= kBound);
+  REQUIRE(*code == 1);
+  // A lost node cannot come back: no restart, though one was allowed.
+  REQUIRE(!contains(job.nodes[0]->output(), "restarting"));
+  REQUIRE(workers.size() == 4);
+  for (pid_t pid : workers) REQUIRE(gone(pid));  // node 1's went with their launcher (PR_SET_PDEATHSIG)
+}
+
+TEST_CASE("node 1 exits within 2 x --node-timeout when the store stops answering, naming it", "[e2e][lost_node]") {
+  Job job("");
+  std::vector<pid_t> workers = announced_pids(job.outputs());
+  // Node 0's launcher serves the store from a thread of its own: stopped,
+  // it keeps the connections open and answers nothing.
+  REQUIRE(kill(job.nodes[0]->pid(), SIGSTOP) == 0);
+  auto stopped = Clock::now();
+  std::optional<int> code = job.nodes[1]->wait_until(after(stopped, kBound + kNodeTimeout));
+  std::string out = job.nodes[1]->output();
+  INFO(job.outputs());
+  REQUIRE(code.has_value());
+  double exited = seconds_between(stopped, job.nodes[1]->exited());
+  WARN(fmt::format("node 1 exited {:.2f} s after node 0's launcher was stopped (bound {} s)", exited, kBound));
+  REQUIRE(exited <= kBound);
+  REQUIRE(*code == 1);
+  std::regex named(fmt::format(R"(tandem launch: lost the store at 127\.0\.0\.1:\d+: no reply within [\d.]+ s )"
+                               R"(\(--node-timeout {}\))",
+                               kNodeTimeout));
+  REQUIRE(std::regex_search(out, named));
+  for (pid_t pid : announced_pids(out)) REQUIRE(gone(pid));
+  kill(job.nodes[0]->pid(), SIGKILL);
+  REQUIRE(job.nodes[0]->wait_until(Clock::now() + std::chrono::seconds(5)) == 128 + SIGKILL);
+  REQUIRE(workers.size() == 4);
+  for (pid_t pid : workers) REQUIRE(gone(pid));
+}
+
+TEST_CASE("launchers with different --node-timeout refuse to start", "[e2e][lost_node]") {
+  std::string env = fmt::format(
+      "env -u SLURM_NNODES -u SLURM_JOB_NUM_NODES -u SLURM_NODEID -u SLURM_NTASKS_PER_NODE -u SLURM_GPUS_ON_NODE "
+      "-u SLURM_JOB_NODELIST -u SLURM_NODELIST TANDEM_JOB_TOKEN=test-{}",
+      fresh_seed());
+  std::string launch = fmt::format("{} timeout 20 {} launch --nnodes 2 --master-port {}", env, tandem_binary(),
+                                   free_port());
+  ShellResult r = run_shell(fmt::format(
+      "({0} --node-rank 1 --node-timeout 5 -- true & {0} --node-rank 0 -- true; a=$?; wait $!; echo codes $a $?) 2>&1",
+      launch));
+  INFO(r.output);
+  REQUIRE(contains(r.output, "codes 2 2"));
+  REQUIRE(contains(r.output, "--node-timeout 30 but node 1 has 5; every node needs the same"));
+  REQUIRE(contains(r.output, "--node-timeout 5 but node 0 has 30; every node needs the same"));
+}
