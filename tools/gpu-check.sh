@@ -3,12 +3,13 @@
 # copied here with tools/bundle.sh), run every GPU test (kernels against
 # their CPU twins, NCCL with world size 1, the simulated network), the DDP
 # overlap benchmark on the simulated network, NCCL collectives on one GPU,
-# the kernel benchmarks and GPT-2 124M training steps (beside the same steps
-# in PyTorch when torch is installed), and print the kernel table last.
+# the kernel benchmarks, CNN/ResNet/LSTM training steps and GPT-2 124M
+# training steps (beside the same steps in PyTorch when torch is installed),
+# and print the kernel table last.
 #   tools/gpu-check.sh            build into build-gpu/ here, then check
 #   tools/gpu-check.sh DIR        use the existing build in DIR
 # Writes DIR/gpu-tests.log, DIR/bench-overlap.json, DIR/bench-nccl.json,
-# DIR/bench-kernels.json, DIR/bench-model.json and, with torch,
+# DIR/bench-kernels.json, DIR/bench-model.json, DIR/bench-model-{cnn,resnet,lstm}.json and, with torch,
 # DIR/bench-model-pytorch.json.
 set -uo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -67,6 +68,16 @@ eval_args="--data $g/text_val.bin --batch-size 4 --seq-len 64 --batches 4"
 python3 bench/pytorch/hf_eval.py --checkpoint "$g/a/step_00000060" $eval_args
 rc=$?
 [ "$rc" -ne 0 ] && [ "$rc" -ne 77 ] && { echo "gpu-check: FAILED: transformers did not load the checkpoint"; status=1; }
+
+# The cuDNN convolution and LSTM paths and our batch-norm and pooling
+# kernels inside whole training steps (random data: the device has no
+# Fashion-MNIST), with their images/s and tokens/s for bench/RESULTS.md.
+echo "== CNN, ResNet and LSTM training steps on the GPU"
+for m in cnn resnet lstm; do
+  "$build/tandem" bench model --model "$m" --device cuda --steps 20 --warmup 5 --json "$build/bench-model-$m.json" 2>&1 |
+    grep -E "^# bench|dtype|batch|per_s|step_ms|MFU|loss"
+  [ "${PIPESTATUS[0]}" -ne 0 ] && { echo "gpu-check: FAILED: bench model --model $m"; status=1; }
+done
 
 echo "== kernel benchmarks"
 "$build/tandem" bench kernels --device cuda --json "$build/bench-kernels.json" > "$build/bench-kernels.txt" 2>&1
