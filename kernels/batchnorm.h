@@ -25,15 +25,24 @@
 // - Eval normalizes with the running statistics and changes nothing.
 // - weight and bias are required (PyTorch's affine=True), and so are the
 //   running statistics (track_running_stats=True).
-// - Statistics are accumulated in fp64 on the CPU (see kernels/cpu/batchnorm.cpp).
+// - Statistics are accumulated in fp64 on both devices (kernels/cpu/batchnorm.cpp,
+//   Note [BatchNorm sums] in kernels/cuda/batchnorm.cu).
 //
 // The backward overwrites dinp and accumulates dweight and dbias (Note
 // [Gradient writes] in kernels/common.h).
 //
-// CPU only for now: a CUDA tensor gets a UserError until cuDNN arrives (issue
-// #6). No cuda:: functions are declared, so this header links without them.
+// Dtypes: activations (inp, out, dinp, dout) f32, or bf16 on CUDA. weight,
+// bias, dweight and dbias f32, or the activations' dtype (a bf16 model's
+// ParameterSet holds them in bf16). The statistics (save_mean, save_rstd,
+// running_mean, running_var) are f32 whatever the activations are. Math is
+// fp32 per value, fp64 in the per-channel sums.
+//
+// CUDA (our own kernels, not cuDNN: cuDNN has no n = 1 / n = 0 rules above)
+// is deterministic: no atomics, the same bits run to run; see
+// kernels/cuda/batchnorm.cu.
 #pragma once
 
+#include <initializer_list>
 #include <string>
 
 #include "kernels/common.h"
@@ -61,16 +70,27 @@ void batchnorm_backward(float* dinp, float* dweight, float* dbias,              
                         int64_t N, int64_t C, int64_t HW);
 }  // namespace cpu
 
-namespace batchnorm_detail {
-[[noreturn]] inline void cuda_not_implemented(const char* op) {
-  throw UserError(std::string(op) + " on CUDA is not implemented yet (cuDNN comes with issue #6)");
-}
+namespace cuda {
+// Activations: `dtype` (f32 or bf16); weight, bias, dweight, dbias:
+// `param_dtype` (f32, or `dtype`); statistics f32. Same shapes as cpu::.
+void batchnorm_forward_train(void* out, float* save_mean, float* save_rstd, float* running_mean,
+                             float* running_var, const void* inp, const void* weight, const void* bias,
+                             int64_t N, int64_t C, int64_t HW, const BatchNormOptions& options, DType dtype,
+                             DType param_dtype, CUstream_st* stream);
+void batchnorm_forward_eval(void* out, const void* inp, const void* weight, const void* bias,
+                            const float* running_mean, const float* running_var, int64_t N, int64_t C, int64_t HW,
+                            const BatchNormOptions& options, DType dtype, DType param_dtype, CUstream_st* stream);
+void batchnorm_backward(void* dinp, void* dweight, void* dbias, const void* dout, const void* inp,
+                        const void* weight, const float* save_mean, const float* save_rstd, int64_t N, int64_t C,
+                        int64_t HW, DType dtype, DType param_dtype, CUstream_st* stream);
+}  // namespace cuda
 
-// The activation that decides the device: defined, on the CPU, f32, at least
-// (N, C). Sets N, C and HW (the product of the dimensions after C).
+namespace batchnorm_detail {
+
+// The activation that decides the device: defined, f32 (or bf16 on CUDA),
+// at least (N, C). Sets N, C and HW (the product of the dimensions after C).
 inline void check_activation(const Tensor& inp, int64_t* N, int64_t* C, int64_t* HW, const char* op) {
   TANDEM_CHECK(inp.defined(), std::string(op) + ": undefined input");
-  if (inp.device().is_cuda()) cuda_not_implemented(op);
   check_float(inp, op);
   TANDEM_CHECK(inp.ndim() >= 2, std::string(op) + ": expected (N, C), (N, C, L) or (N, C, H, W), got " +
                                     shape_str(inp.shape()));
@@ -88,12 +108,37 @@ inline void check_like(const Tensor& t, const Tensor& inp, const char* what, con
                                              ", expected " + shape_str(inp.shape()) + " as the input");
 }
 
-// A per-channel f32 vector of C elements on inp's device.
-inline void check_channel(const Tensor& t, const Tensor& inp, int64_t C, const char* what, const char* op) {
-  TANDEM_CHECK(t.defined(), std::string(op) + ": undefined " + what);
-  check_same_float(t, inp, op);
+// C values per channel on inp's device.
+inline void check_channel_count(const Tensor& t, int64_t C, const char* what, const char* op) {
   TANDEM_CHECK(t.numel() == C, std::string(op) + ": " + what + " has " + std::to_string(t.numel()) +
                                    " elements (" + shape_str(t.shape()) + "), expected C = " + std::to_string(C));
+}
+
+// A statistic (save_mean, save_rstd, running_mean, running_var): f32 whatever
+// inp's dtype.
+inline void check_stat(const Tensor& t, const Tensor& inp, int64_t C, const char* what, const char* op) {
+  TANDEM_CHECK(t.defined(), std::string(op) + ": undefined " + what);
+  check_same_device(t, inp, op);
+  TANDEM_CHECK(t.dtype() == DType::f32, std::string(op) + ": " + what + " must be f32, got " + dtype_name(t.dtype()));
+  check_channel_count(t, C, what, op);
+}
+
+// A parameter or its gradient (weight, bias, dweight, dbias): f32 or inp's dtype.
+inline void check_param(const Tensor& t, const Tensor& inp, int64_t C, const char* what, const char* op) {
+  TANDEM_CHECK(t.defined(), std::string(op) + ": undefined " + what);
+  check_same_device(t, inp, op);
+  TANDEM_CHECK(t.dtype() == DType::f32 || t.dtype() == inp.dtype(),
+               std::string(op) + ": " + what + " must be f32 or the input's " + dtype_name(inp.dtype()) + ", got " +
+                   dtype_name(t.dtype()));
+  check_channel_count(t, C, what, op);
+}
+
+// weight, bias and their gradients share one dtype (one kernel instance each).
+inline void check_same_params(std::initializer_list<const Tensor*> params, const char* op) {
+  DType first = (*params.begin())->dtype();
+  for (const Tensor* t : params)
+    TANDEM_CHECK(t->dtype() == first, std::string(op) + ": weight, bias and their gradients must share one dtype, got " +
+                                          dtype_name(first) + " and " + dtype_name(t->dtype()));
 }
 
 inline void check_options(const BatchNormOptions& o, const char* op) {
@@ -108,28 +153,35 @@ inline void check_options(const BatchNormOptions& o, const char* op) {
 // writes save_mean and save_rstd for the backward and updates running_mean
 // and running_var in place (see the top of this file). inp and out are
 // (N, C, *) of one shape; weight, bias, save_mean, save_rstd, running_mean
-// and running_var hold C f32 values. out must not overlap inp (the backward
-// needs inp).
+// and running_var hold C values (dtypes at the top of this file). out must
+// not overlap inp (the backward needs inp).
 inline void batchnorm_forward_train(const Tensor& out, const Tensor& save_mean, const Tensor& save_rstd,
                                     const Tensor& running_mean, const Tensor& running_var, const Tensor& inp,
                                     const Tensor& weight, const Tensor& bias, const BatchNormOptions& options,
                                     const Stream& stream) {
   const char* op = "batchnorm_forward_train";
-  (void)stream;  // CPU only for now: the work is done when the call returns
   int64_t N, C, HW;
   batchnorm_detail::check_activation(inp, &N, &C, &HW, op);
   batchnorm_detail::check_like(out, inp, "out", op);
-  batchnorm_detail::check_channel(save_mean, inp, C, "save_mean", op);
-  batchnorm_detail::check_channel(save_rstd, inp, C, "save_rstd", op);
-  batchnorm_detail::check_channel(running_mean, inp, C, "running_mean", op);
-  batchnorm_detail::check_channel(running_var, inp, C, "running_var", op);
-  batchnorm_detail::check_channel(weight, inp, C, "weight", op);
-  batchnorm_detail::check_channel(bias, inp, C, "bias", op);
+  batchnorm_detail::check_stat(save_mean, inp, C, "save_mean", op);
+  batchnorm_detail::check_stat(save_rstd, inp, C, "save_rstd", op);
+  batchnorm_detail::check_stat(running_mean, inp, C, "running_mean", op);
+  batchnorm_detail::check_stat(running_var, inp, C, "running_var", op);
+  batchnorm_detail::check_param(weight, inp, C, "weight", op);
+  batchnorm_detail::check_param(bias, inp, C, "bias", op);
+  batchnorm_detail::check_same_params({&weight, &bias}, op);
   batchnorm_detail::check_options(options, op);
   TANDEM_CHECK(!overlaps(out, inp), std::string(op) + ": out overlaps inp");
-  cpu::batchnorm_forward_train(out.data_as<float>(), save_mean.data_as<float>(), save_rstd.data_as<float>(),
-                               running_mean.data_as<float>(), running_var.data_as<float>(), inp.data_as<float>(),
-                               weight.data_as<float>(), bias.data_as<float>(), N, C, HW, options);
+  if (inp.device().is_cpu()) {
+    cpu::batchnorm_forward_train(out.data_as<float>(), save_mean.data_as<float>(), save_rstd.data_as<float>(),
+                                 running_mean.data_as<float>(), running_var.data_as<float>(), inp.data_as<float>(),
+                                 weight.data_as<float>(), bias.data_as<float>(), N, C, HW, options);
+  } else {
+    TANDEM_CUDA_ONLY(cuda::batchnorm_forward_train(
+        out.data(), save_mean.data_as<float>(), save_rstd.data_as<float>(), running_mean.data_as<float>(),
+        running_var.data_as<float>(), inp.data(), weight.data(), bias.data(), N, C, HW, options, inp.dtype(),
+        weight.dtype(), stream.cuda()));
+  }
 }
 
 // Eval: out = (inp - running_mean) / sqrt(running_var + eps) * weight + bias;
@@ -139,20 +191,26 @@ inline void batchnorm_forward_eval(const Tensor& out, const Tensor& inp, const T
                                    const Tensor& running_mean, const Tensor& running_var,
                                    const BatchNormOptions& options, const Stream& stream) {
   const char* op = "batchnorm_forward_eval";
-  (void)stream;
   int64_t N, C, HW;
   batchnorm_detail::check_activation(inp, &N, &C, &HW, op);
   batchnorm_detail::check_like(out, inp, "out", op);
-  batchnorm_detail::check_channel(weight, inp, C, "weight", op);
-  batchnorm_detail::check_channel(bias, inp, C, "bias", op);
-  batchnorm_detail::check_channel(running_mean, inp, C, "running_mean", op);
-  batchnorm_detail::check_channel(running_var, inp, C, "running_var", op);
+  batchnorm_detail::check_param(weight, inp, C, "weight", op);
+  batchnorm_detail::check_param(bias, inp, C, "bias", op);
+  batchnorm_detail::check_same_params({&weight, &bias}, op);
+  batchnorm_detail::check_stat(running_mean, inp, C, "running_mean", op);
+  batchnorm_detail::check_stat(running_var, inp, C, "running_var", op);
   batchnorm_detail::check_options(options, op);
   TANDEM_CHECK(out.data() == inp.data() || !overlaps(out, inp),
                std::string(op) + ": out overlaps inp without being the same elements");
-  cpu::batchnorm_forward_eval(out.data_as<float>(), inp.data_as<float>(), weight.data_as<float>(),
-                              bias.data_as<float>(), running_mean.data_as<float>(), running_var.data_as<float>(),
-                              N, C, HW, options);
+  if (inp.device().is_cpu()) {
+    cpu::batchnorm_forward_eval(out.data_as<float>(), inp.data_as<float>(), weight.data_as<float>(),
+                                bias.data_as<float>(), running_mean.data_as<float>(), running_var.data_as<float>(),
+                                N, C, HW, options);
+  } else {
+    TANDEM_CUDA_ONLY(cuda::batchnorm_forward_eval(out.data(), inp.data(), weight.data(), bias.data(),
+                                                  running_mean.data_as<float>(), running_var.data_as<float>(), N,
+                                                  C, HW, options, inp.dtype(), weight.dtype(), stream.cuda()));
+  }
 }
 
 // The backward of training mode: dinp = d(out)/d(inp) . dout (overwritten);
@@ -163,22 +221,29 @@ inline void batchnorm_backward(const Tensor& dinp, const Tensor& dweight, const 
                                const Tensor& inp, const Tensor& weight, const Tensor& save_mean,
                                const Tensor& save_rstd, const Stream& stream) {
   const char* op = "batchnorm_backward";
-  (void)stream;
   int64_t N, C, HW;
   batchnorm_detail::check_activation(inp, &N, &C, &HW, op);
   batchnorm_detail::check_like(dinp, inp, "dinp", op);
   batchnorm_detail::check_like(dout, inp, "dout", op);
-  batchnorm_detail::check_channel(weight, inp, C, "weight", op);
-  batchnorm_detail::check_channel(dweight, inp, C, "dweight", op);
-  batchnorm_detail::check_channel(dbias, inp, C, "dbias", op);
-  batchnorm_detail::check_channel(save_mean, inp, C, "save_mean", op);
-  batchnorm_detail::check_channel(save_rstd, inp, C, "save_rstd", op);
+  batchnorm_detail::check_param(weight, inp, C, "weight", op);
+  batchnorm_detail::check_param(dweight, inp, C, "dweight", op);
+  batchnorm_detail::check_param(dbias, inp, C, "dbias", op);
+  batchnorm_detail::check_same_params({&weight, &dweight, &dbias}, op);
+  batchnorm_detail::check_stat(save_mean, inp, C, "save_mean", op);
+  batchnorm_detail::check_stat(save_rstd, inp, C, "save_rstd", op);
   TANDEM_CHECK(dinp.data() == dout.data() || !overlaps(dinp, dout),
                std::string(op) + ": dinp overlaps dout without being the same elements");
   TANDEM_CHECK(!overlaps(dinp, inp), std::string(op) + ": dinp overlaps inp");
-  cpu::batchnorm_backward(dinp.data_as<float>(), dweight.data_as<float>(), dbias.data_as<float>(),
-                          dout.data_as<float>(), inp.data_as<float>(), weight.data_as<float>(),
-                          save_mean.data_as<float>(), save_rstd.data_as<float>(), N, C, HW);
+  if (inp.device().is_cpu()) {
+    cpu::batchnorm_backward(dinp.data_as<float>(), dweight.data_as<float>(), dbias.data_as<float>(),
+                            dout.data_as<float>(), inp.data_as<float>(), weight.data_as<float>(),
+                            save_mean.data_as<float>(), save_rstd.data_as<float>(), N, C, HW);
+  } else {
+    TANDEM_CUDA_ONLY(cuda::batchnorm_backward(dinp.data(), dweight.data(), dbias.data(), dout.data(), inp.data(),
+                                              weight.data(), save_mean.data_as<float>(),
+                                              save_rstd.data_as<float>(), N, C, HW, inp.dtype(), weight.dtype(),
+                                              stream.cuda()));
+  }
 }
 
 }  // namespace tandem::kernels

@@ -24,8 +24,12 @@
 // kernels/common.h); overlapping windows (stride < window) add up their
 // contributions. dinp must not overlap dout.
 //
-// CPU only for now: a CUDA tensor gets a UserError until cuDNN arrives (issue
-// #6). No cuda:: functions are declared, so this header links without them.
+// Dtypes: f32, or bf16 on CUDA (fp32 math, fp64 in the global average's
+// sums); argmax is i32 on both. The CUDA kernels (kernels/cuda/pool.cu,
+// ours rather than cuDNN's, which has no argmax) walk each window in the
+// same order, so max and argmax equal the CPU's for the same values; their
+// backwards gather per input value instead of scattering, so they are
+// deterministic without atomics.
 #pragma once
 
 #include <cstdint>
@@ -68,15 +72,27 @@ void global_avgpool_backward(float* dinp, const float* dout,  // (N, C, H, W) =,
                              int64_t N, int64_t C, int64_t HW);
 }  // namespace cpu
 
-namespace pool_detail {
-[[noreturn]] inline void cuda_not_implemented(const char* op) {
-  throw UserError(std::string(op) + " on CUDA is not implemented yet (cuDNN comes with issue #6)");
-}
+namespace cuda {
+// The same shapes as cpu::, in `dtype` (f32 or bf16); argmax i32.
+void maxpool2d_forward(void* out, int32_t* argmax, const void* inp, const Pool2dShape& shape, DType dtype,
+                       CUstream_st* stream);
+void maxpool2d_backward(void* dinp, const void* dout, const int32_t* argmax, const Pool2dShape& shape, DType dtype,
+                        CUstream_st* stream);
+void avgpool2d_forward(void* out, const void* inp, const Pool2dShape& shape, bool count_include_pad, DType dtype,
+                       CUstream_st* stream);
+void avgpool2d_backward(void* dinp, const void* dout, const Pool2dShape& shape, bool count_include_pad,
+                        DType dtype, CUstream_st* stream);
+void global_avgpool_forward(void* out, const void* inp, int64_t N, int64_t C, int64_t HW, DType dtype,
+                            CUstream_st* stream);
+void global_avgpool_backward(void* dinp, const void* dout, int64_t N, int64_t C, int64_t HW, DType dtype,
+                             CUstream_st* stream);
+}  // namespace cuda
 
-// The tensor that decides the device: defined, on the CPU, f32.
+namespace pool_detail {
+
+// The tensor that decides the device: defined, f32 (or bf16 on CUDA).
 inline void check_lead(const Tensor& t, const char* what, const char* op) {
   TANDEM_CHECK(t.defined(), std::string(op) + ": undefined " + what);
-  if (t.device().is_cuda()) cuda_not_implemented(op);
   check_float(t, op);
 }
 
@@ -159,28 +175,38 @@ inline void check_global_output(const Tensor& t, const Tensor& lead, int64_t N, 
 inline void maxpool2d_forward(const Tensor& out, const Tensor& argmax, const Tensor& inp, const Pool2dShape& shape,
                               const Stream& stream) {
   const char* op = "maxpool2d_forward";
-  (void)stream;  // CPU only for now: the work is done when the call returns
   pool_detail::check_lead(inp, "inp", op);
   pool_detail::check_shape(shape, op);
   pool_detail::check_shaped(inp, inp, pool_detail::input_shape(shape), "inp", op);
   pool_detail::check_shaped(out, inp, pool_detail::output_shape(shape), "out", op);
   pool_detail::check_argmax(argmax, inp, pool_detail::output_shape(shape), op);
-  cpu::maxpool2d_forward(out.data_as<float>(), argmax.data_as<int32_t>(), inp.data_as<float>(), shape);
+  if (inp.device().is_cpu()) {
+    cpu::maxpool2d_forward(out.data_as<float>(), argmax.data_as<int32_t>(), inp.data_as<float>(), shape);
+  } else {
+    TANDEM_CUDA_ONLY(cuda::maxpool2d_forward(out.data(), argmax.data_as<int32_t>(), inp.data(), shape, inp.dtype(),
+                                             stream.cuda()));
+  }
 }
 
 // dinp = zeros, then dinp[argmax] += dout for every output (overwrites dinp).
-// argmax is the forward's; every value must lie in [0, H * W).
+// argmax is the forward's; every value must lie in [0, H * W). The CPU
+// checks that; CUDA, which gathers over each value's windows, ignores an
+// argmax outside its own window instead.
 inline void maxpool2d_backward(const Tensor& dinp, const Tensor& dout, const Tensor& argmax,
                                const Pool2dShape& shape, const Stream& stream) {
   const char* op = "maxpool2d_backward";
-  (void)stream;
   pool_detail::check_lead(dout, "dout", op);
   pool_detail::check_shape(shape, op);
   pool_detail::check_shaped(dout, dout, pool_detail::output_shape(shape), "dout", op);
   pool_detail::check_shaped(dinp, dout, pool_detail::input_shape(shape), "dinp", op);
   pool_detail::check_argmax(argmax, dout, pool_detail::output_shape(shape), op);
   pool_detail::check_no_overlap(dinp, dout, op);
-  cpu::maxpool2d_backward(dinp.data_as<float>(), dout.data_as<float>(), argmax.data_as<int32_t>(), shape);
+  if (dout.device().is_cpu()) {
+    cpu::maxpool2d_backward(dinp.data_as<float>(), dout.data_as<float>(), argmax.data_as<int32_t>(), shape);
+  } else {
+    TANDEM_CUDA_ONLY(cuda::maxpool2d_backward(dinp.data(), dout.data(), argmax.data_as<int32_t>(), shape,
+                                              dout.dtype(), stream.cuda()));
+  }
 }
 
 // out = the mean of each window of inp (see count_include_pad above). inp
@@ -188,12 +214,16 @@ inline void maxpool2d_backward(const Tensor& dinp, const Tensor& dout, const Ten
 inline void avgpool2d_forward(const Tensor& out, const Tensor& inp, const Pool2dShape& shape,
                               bool count_include_pad, const Stream& stream) {
   const char* op = "avgpool2d_forward";
-  (void)stream;
   pool_detail::check_lead(inp, "inp", op);
   pool_detail::check_shape(shape, op);
   pool_detail::check_shaped(inp, inp, pool_detail::input_shape(shape), "inp", op);
   pool_detail::check_shaped(out, inp, pool_detail::output_shape(shape), "out", op);
-  cpu::avgpool2d_forward(out.data_as<float>(), inp.data_as<float>(), shape, count_include_pad);
+  if (inp.device().is_cpu()) {
+    cpu::avgpool2d_forward(out.data_as<float>(), inp.data_as<float>(), shape, count_include_pad);
+  } else {
+    TANDEM_CUDA_ONLY(cuda::avgpool2d_forward(out.data(), inp.data(), shape, count_include_pad, inp.dtype(),
+                                             stream.cuda()));
+  }
 }
 
 // dinp = the sum over the windows that hold each input of dout / divisor
@@ -201,31 +231,37 @@ inline void avgpool2d_forward(const Tensor& out, const Tensor& inp, const Pool2d
 inline void avgpool2d_backward(const Tensor& dinp, const Tensor& dout, const Pool2dShape& shape,
                                bool count_include_pad, const Stream& stream) {
   const char* op = "avgpool2d_backward";
-  (void)stream;
   pool_detail::check_lead(dout, "dout", op);
   pool_detail::check_shape(shape, op);
   pool_detail::check_shaped(dout, dout, pool_detail::output_shape(shape), "dout", op);
   pool_detail::check_shaped(dinp, dout, pool_detail::input_shape(shape), "dinp", op);
   pool_detail::check_no_overlap(dinp, dout, op);
-  cpu::avgpool2d_backward(dinp.data_as<float>(), dout.data_as<float>(), shape, count_include_pad);
+  if (dout.device().is_cpu()) {
+    cpu::avgpool2d_backward(dinp.data_as<float>(), dout.data_as<float>(), shape, count_include_pad);
+  } else {
+    TANDEM_CUDA_ONLY(cuda::avgpool2d_backward(dinp.data(), dout.data(), shape, count_include_pad, dout.dtype(),
+                                              stream.cuda()));
+  }
 }
 
 // out (N, C) or (N, C, 1, 1) = the mean of each (n, c) plane of inp (N, C, H, W).
 inline void global_avgpool_forward(const Tensor& out, const Tensor& inp, const Stream& stream) {
   const char* op = "global_avgpool_forward";
-  (void)stream;
   pool_detail::check_lead(inp, "inp", op);
   int64_t N, C, HW;
   pool_detail::check_global_input(inp, &N, &C, &HW, "inp", op);
   pool_detail::check_global_output(out, inp, N, C, "out", op);
-  cpu::global_avgpool_forward(out.data_as<float>(), inp.data_as<float>(), N, C, HW);
+  if (inp.device().is_cpu()) {
+    cpu::global_avgpool_forward(out.data_as<float>(), inp.data_as<float>(), N, C, HW);
+  } else {
+    TANDEM_CUDA_ONLY(cuda::global_avgpool_forward(out.data(), inp.data(), N, C, HW, inp.dtype(), stream.cuda()));
+  }
 }
 
 // dinp (N, C, H, W) = dout / (H * W), broadcast over each plane (overwritten);
 // dout is (N, C) or (N, C, 1, 1).
 inline void global_avgpool_backward(const Tensor& dinp, const Tensor& dout, const Stream& stream) {
   const char* op = "global_avgpool_backward";
-  (void)stream;
   pool_detail::check_lead(dout, "dout", op);
   int64_t N, C, HW;
   TANDEM_CHECK(dinp.defined(), std::string(op) + ": undefined dinp");
@@ -233,7 +269,11 @@ inline void global_avgpool_backward(const Tensor& dinp, const Tensor& dout, cons
   pool_detail::check_global_input(dinp, &N, &C, &HW, "dinp", op);
   pool_detail::check_global_output(dout, dout, N, C, "dout", op);
   pool_detail::check_no_overlap(dinp, dout, op);
-  cpu::global_avgpool_backward(dinp.data_as<float>(), dout.data_as<float>(), N, C, HW);
+  if (dout.device().is_cpu()) {
+    cpu::global_avgpool_backward(dinp.data_as<float>(), dout.data_as<float>(), N, C, HW);
+  } else {
+    TANDEM_CUDA_ONLY(cuda::global_avgpool_backward(dinp.data(), dout.data(), N, C, HW, dout.dtype(), stream.cuda()));
+  }
 }
 
 }  // namespace tandem::kernels

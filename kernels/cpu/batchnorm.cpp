@@ -1,6 +1,6 @@
 // CPU reference for BatchNorm. See kernels/batchnorm.h.
 // Channel statistics are accumulated in fp64 so that this twin is a tight
-// oracle for the cuDNN kernels to come; everything stored is fp32.
+// oracle for the CUDA kernels (kernels/cuda/batchnorm.cu); everything stored is fp32.
 // Element (n, c, i) of an (N, C, HW) activation is at (n * C + c) * HW + i:
 // a channel is N runs of HW contiguous values.
 #include <cmath>

@@ -1,6 +1,6 @@
 // CPU reference for 2-D pooling. See kernels/pool.h.
 // Each (n, c) plane is pooled on its own; sums are accumulated in fp64 so
-// that this twin is a tight oracle for the cuDNN kernels to come.
+// that this twin is a tight oracle for the CUDA kernels (kernels/cuda/pool.cu).
 #include <algorithm>
 #include <cmath>
 #include <limits>
