@@ -17,12 +17,10 @@ namespace {
 constexpr double kGradTol = 2e-2;  // relative, over the whole gradient
 
 // Checks d(sum(module(x) * R))/dx and /dparams for a module on the CPU.
-void check_module(Module& m, ParameterSet& params, const Tensor& x, uint64_t seed, bool input_grad = true,
-                  const std::function<void(ParameterSet&)>& after_init = {}) {
+void check_module(Module& m, ParameterSet& params, const Tensor& x, uint64_t seed, bool input_grad = true) {
   Context ctx;
   ctx.seed = seed;
   params.allocate(Device::cpu(), DType::f32, seed);
-  if (after_init) after_init(params);
   auto forward = [&] {
     ctx.rng_offset = 0;  // the same dropout mask on every evaluation
     return m.forward(x, ctx);
@@ -206,18 +204,50 @@ TEST_CASE("LSTM (two layers, batch first) backward matches finite differences", 
 
 namespace {
 
-// A ReLU behind a BatchNorm sees normalized values, many near 0, and every
-// perturbation moves all of them: some central differences straddle the
-// kink. With the BatchNorms' weight 0.5 and bias 2 the ReLU inputs sit
-// at 2 +- 0.5 sigma, far from 0, so the check sees the block's wiring
-// (both branches, the sum) without kinks. The ReLU's own mask is checked above.
-void lift_batchnorms(ParameterSet& params) {
+// A residual block's gradient check. Two things make the per-tensor check
+// above unfit here:
+// - A ReLU behind a BatchNorm sees normalized values, many near 0, and every
+//   perturbation moves all of them: some central differences straddle a
+//   kink. So the BatchNorms' weights are set to 0.5 and their biases move
+//   the ReLU inputs far from 0: bn1's to 2 (all pass), bn2's and the
+//   downsample's to +3 on even channels and -3 on odd ones, so the block's
+//   last ReLU passes whole channels and blocks others, and a branch fed the
+//   wrong gradient (before or after that ReLU) shows.
+// - Behind the next BatchNorm, which undoes most of a scale or shift, some
+//   parameters (bn1's) have gradients near the finite differences' fp32
+//   noise. So the parameter gradients are compared as one vector: a wiring
+//   error (a lost branch, a wrong sum) shows there, noise on a tiny one
+//   does not fail the test alone.
+void check_block(Module& m, ParameterSet& params, const Tensor& x, uint64_t seed) {
+  Context ctx;
+  params.allocate(Device::cpu(), DType::f32, seed);
   for (const Parameter& p : params.list()) {
-    bool bn = p.name.find(".bn") != std::string::npos || p.name.find("downsample.1") != std::string::npos;
-    if (!bn) continue;
-    float value = p.name.ends_with(".bias") ? 2.f : 0.5f;
-    std::fill(p.value.data_as<float>(), p.value.data_as<float>() + p.value.numel(), value);
+    bool first = p.name.find(".bn1.") != std::string::npos;
+    bool last = p.name.find(".bn2.") != std::string::npos || p.name.find("downsample.1") != std::string::npos;
+    float* v = p.value.data_as<float>();
+    for (int64_t c = 0; (first || last) && c < p.value.numel(); c++)
+      v[c] = !p.name.ends_with(".bias") ? 0.5f : first ? 2.f : c % 2 == 0 ? 3.f : -3.f;
   }
+  Tensor out = m.forward(x, ctx);
+  std::vector<float> r = random_vector(out.numel(), seed + 7);
+  params.zero_grads(Stream());
+  Tensor dx = m.backward(Tensor::from_vector(r, out.shape()), ctx);
+  auto loss = [&] { return dot64(m.forward(x, ctx), r); };
+  {
+    INFO("input gradient");
+    REQUIRE(rel_error(dx.to_vector(), numerical_gradient(x, loss)) <= kGradTol);
+  }
+  std::vector<float> analytic;
+  std::vector<double> numeric;
+  for (const Parameter& p : params.list()) {
+    std::vector<float> g = p.grad.to_vector();
+    std::vector<double> n = numerical_gradient(p.value, loss);
+    analytic.insert(analytic.end(), g.begin(), g.end());
+    numeric.insert(numeric.end(), n.begin(), n.end());
+  }
+  INFO("parameter gradients");
+  REQUIRE(all_finite(analytic));
+  REQUIRE(rel_error(analytic, numeric) <= kGradTol);
 }
 
 }  // namespace
@@ -227,13 +257,13 @@ TEST_CASE("BasicBlock backward matches finite differences, with and without a do
   INFO("seed=" << seed);
   ParameterSet down;
   models::BasicBlock widen(down, "layer2.0", 2, 3, /*stride=*/2);  // 1x1 conv + BN shortcut
-  check_module(widen, down, random_tensor({3, 2, 5, 6}, seed), seed, true, lift_batchnorms);
+  check_block(widen, down, random_tensor({3, 2, 5, 6}, seed), seed);
   REQUIRE(down.find("layer2.0.downsample.0.weight").shape == Shape{3, 2, 1, 1});
   REQUIRE(down.find("layer2.0.downsample.1.bias").numel() == 3);
 
   ParameterSet same;
   models::BasicBlock keep(same, "layer1.0", 3, 3, /*stride=*/1);  // identity shortcut
-  check_module(keep, same, random_tensor({2, 3, 4, 5}, seed + 1), seed + 1, true, lift_batchnorms);
+  check_block(keep, same, random_tensor({2, 3, 4, 5}, seed + 1), seed + 1);
   for (const Parameter& p : same.list()) REQUIRE(p.name.find("downsample") == std::string::npos);
 }
 
