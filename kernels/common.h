@@ -53,7 +53,7 @@ inline bool overlaps(const Tensor& a, const Tensor& b) {
   return a.nbytes() > 0 && b.nbytes() > 0 && pa < pb + b.nbytes() && pb < pa + a.nbytes();
 }
 
-// One tensor argument of a CPU-only kernel family with a workspace (conv2d,
+// One tensor argument of a kernel family with scratch buffers (conv2d,
 // lstm): where it points, the shape it must have, its name for errors, and
 // what the call does with it.
 enum class ArgKind {
@@ -70,48 +70,74 @@ struct TensorArg {
   ArgKind kind;
 };
 
-// Every call of such a family goes through here, after the family checked
+// A scratch buffer of such a call (a workspace, the LSTM's reserve): opaque
+// to the caller, an f32 tensor of at least `elems` floats, what the
+// family's sizer function (`sizer`) gives for the call's shape, dtype and
+// device. Bytes are never passed where elements are meant.
+struct ScratchArg {
+  const Tensor* t;
+  const char* name;
+  int64_t elems;
+  const char* sizer;
+};
+
+// The data tensors of one call of such a family, after the family checked
 // its shape struct (described by `shape_text`): required tensors are
-// defined; every defined tensor is on one device (the CPU: `family` on CUDA
-// is not there yet) and f32 with exactly its shape (contiguity holds for
-// every Tensor); the workspace holds at least `workspace_elems` floats; and
-// no output overlaps another tensor or the workspace. The first argument
-// must be a required one.
-inline void check_workspace_call(const char* op, const char* family, const std::string& shape_text,
-                                 std::initializer_list<TensorArg> tensors, const Tensor& workspace,
-                                 int64_t workspace_elems) {
+// defined; every defined one is on the first one's device, of one dtype
+// that device takes (f32 on the CPU; f32, bf16 or f16 on CUDA) and exactly
+// its shape (contiguity holds for every Tensor); no output overlaps another
+// tensor. The first argument must be a required one. Returns the dtype,
+// which the scratch sizes depend on.
+inline DType check_kernel_tensors(const char* op, const char* family, const std::string& shape_text,
+                                  std::initializer_list<TensorArg> tensors) {
   auto is_output = [](const TensorArg& a) { return a.kind == ArgKind::output || a.kind == ArgKind::optional_output; };
   auto is_required = [](const TensorArg& a) { return a.kind == ArgKind::input || a.kind == ArgKind::output; };
-  const Tensor& first = *tensors.begin()->t;
+  const TensorArg& first = *tensors.begin();
   for (const TensorArg& a : tensors) {
     if (!is_required(a) && !a.t->defined()) continue;
     TANDEM_CHECK(a.t->defined(), std::string(op) + ": " + a.name + " is undefined");
-    check_same_device(*a.t, first, op);
+    check_same_device(*a.t, *first.t, op);
   }
-  TANDEM_CHECK(workspace.defined(), std::string(op) + ": workspace is undefined");
-  check_same_device(workspace, first, op);
-  if (first.device().is_cuda())
-    throw UserError(std::string(family) + " on CUDA is not implemented yet (cuDNN comes with issue #6)");
-
+  const bool cuda = first.t->device().is_cuda();
+  const DType dtype = cuda ? first.t->dtype() : DType::f32;
+  if (dtype != DType::f32 && dtype != DType::bf16 && dtype != DType::f16)
+    throw UserError(std::string(op) + ": " + family + " on CUDA takes f32, bf16 or f16 tensors; " + first.name +
+                    " is " + dtype_name(dtype));
   for (const TensorArg& a : tensors) {
     if (!a.t->defined()) continue;
-    TANDEM_CHECK(a.t->dtype() == DType::f32,
-                 std::string(op) + ": " + a.name + " must be f32, got " + dtype_name(a.t->dtype()));
+    TANDEM_CHECK(a.t->dtype() == dtype, std::string(op) + ": " + a.name + " must be " + dtype_name(dtype) +
+                                            (cuda ? std::string(" as ") + first.name : std::string(" on the CPU")) +
+                                            ", got " + dtype_name(a.t->dtype()));
     TANDEM_CHECK(a.t->shape() == a.shape, std::string(op) + ": " + a.name + " must be " + shape_str(a.shape) +
                                               " for " + shape_text + ", got " + shape_str(a.t->shape()));
   }
-  TANDEM_CHECK(workspace.dtype() == DType::f32,
-               std::string(op) + ": workspace must be f32, got " + dtype_name(workspace.dtype()));
-  TANDEM_CHECK(workspace.numel() >= workspace_elems,
-               std::string(op) + ": workspace holds " + std::to_string(workspace.numel()) + " floats, needs " +
-                   std::to_string(workspace_elems) + " (" + family + "_workspace_elems)");
   for (const TensorArg& a : tensors) {
-    if (!a.t->defined()) continue;
-    TANDEM_CHECK(!overlaps(*a.t, workspace), std::string(op) + ": " + a.name + " overlaps the workspace");
-    if (!is_output(a)) continue;
+    if (!a.t->defined() || !is_output(a)) continue;
     for (const TensorArg& other : tensors)
       TANDEM_CHECK(&other == &a || !other.t->defined() || !overlaps(*a.t, *other.t),
                    std::string(op) + ": " + a.name + " overlaps " + other.name);
+  }
+  return dtype;
+}
+
+// Each scratch buffer of the call: defined, on the tensors' device, f32, at
+// least its size, overlapping no tensor of the call and no other scratch.
+inline void check_scratch(const char* op, std::initializer_list<TensorArg> tensors,
+                          std::initializer_list<ScratchArg> scratch) {
+  const Tensor& first = *tensors.begin()->t;
+  for (const ScratchArg& s : scratch) {
+    TANDEM_CHECK(s.t->defined(), std::string(op) + ": " + s.name + " is undefined");
+    check_same_device(*s.t, first, op);
+    TANDEM_CHECK(s.t->dtype() == DType::f32,
+                 std::string(op) + ": " + s.name + " must be f32, got " + dtype_name(s.t->dtype()));
+    TANDEM_CHECK(s.t->numel() >= s.elems, std::string(op) + ": " + s.name + " holds " + std::to_string(s.t->numel()) +
+                                              " floats, needs " + std::to_string(s.elems) + " (" + s.sizer + ")");
+    for (const TensorArg& a : tensors)
+      TANDEM_CHECK(!a.t->defined() || !overlaps(*a.t, *s.t),
+                   std::string(op) + ": " + a.name + " overlaps the " + s.name);
+    for (const ScratchArg& other : scratch)
+      TANDEM_CHECK(&other == &s || !other.t->defined() || !overlaps(*other.t, *s.t),
+                   std::string(op) + ": " + other.name + " overlaps the " + s.name);
   }
 }
 

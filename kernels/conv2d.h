@@ -18,13 +18,21 @@
 //
 // The CPU path (the fp32 reference) lowers each image to one GEMM through
 // im2col: the (C*R*S, P*Q) matrix whose column (p, q) holds the input window
-// under output pixel (p, q). It needs that matrix as scratch; the caller
-// allocates it once (conv2d_workspace_elems floats) and passes it to every
-// call, because kernels never allocate. A CUDA path (cuDNN) comes with
-// issue #6; until then a CUDA tensor is a UserError, and no cuda:: function
-// is declared, so nothing here needs a CUDA build to link.
+// under output pixel (p, q). The CUDA path (kernels/cuda/conv2d.cu) is
+// cuDNN's convolution, f32, bf16 or f16 tensors with fp32 compute, one
+// deterministic algorithm per direction chosen once per shape (Note [conv2d
+// plans]); f32 runs without TF32, so it matches the CPU to fp32 rounding.
+//
+// Both need scratch, which the caller allocates once and passes to every
+// call, because kernels never allocate: an f32 tensor of
+// conv2d_workspace_elems(s, dtype, device) floats (the im2col matrix on the
+// CPU; the largest workspace of the three cuDNN algorithms on CUDA, which
+// that call chooses). cuDNN is loaded at run time: without it a CUDA call is
+// a UserError saying what to install (Note [cuDNN is loaded lazily] in
+// kernels/cuda/cudnn_library.h).
 #pragma once
 
+#include <algorithm>
 #include <initializer_list>
 #include <string>
 
@@ -111,27 +119,65 @@ void conv2d_backward_filter(float* dweight, float* dbias,          // (K,C,R,S) 
                             const Conv2dShape& s, float* workspace);
 }  // namespace cpu
 
+namespace cuda {
+// Every pointer on CUDA device `device`, of `dtype` (f32, bf16 or f16);
+// bias and dbias: null to skip. workspace: conv2d_workspace_bytes(s, dtype,
+// device) bytes, which picks the plan (Note [conv2d plans]) on first use.
+int64_t conv2d_workspace_bytes(const Conv2dShape& s, DType dtype, int device);
+void conv2d_forward(void* out, const void* inp, const void* weight, const void* bias, const Conv2dShape& s,
+                    DType dtype, void* workspace, int device, CUstream_st* stream);
+void conv2d_backward_data(void* dinp, const void* dout, const void* weight, const Conv2dShape& s, DType dtype,
+                          void* workspace, int device, CUstream_st* stream);
+void conv2d_backward_filter(void* dweight, void* dbias, const void* dout, const void* inp, const Conv2dShape& s,
+                            DType dtype, void* workspace, int device, CUstream_st* stream);
+}  // namespace cuda
+
+// Floats of workspace (an f32 tensor) that conv2d calls over tensors of
+// `dtype` on `device` need: conv2d_workspace_elems(s) on the CPU, whatever
+// the dtype (the CPU takes f32 only, and its check says so); on CUDA the
+// largest cuDNN workspace of the three directions, rounded up to floats (at
+// least one, so the tensor is never empty).
+inline int64_t conv2d_workspace_elems(const Conv2dShape& s, DType dtype, Device device) {
+  if (device.is_cpu()) return conv2d_workspace_elems(s);
+  check_conv2d_shape(s);
+  int64_t bytes = 0;
+  TANDEM_CUDA_ONLY(bytes = cuda::conv2d_workspace_bytes(s, dtype, device.index));
+  return std::max<int64_t>(1, (bytes + 3) / 4);
+}
+
 namespace conv2d_detail {
-// The shape, then every tensor (check_workspace_call in kernels/common.h).
-inline void check_call(const Conv2dShape& s, std::initializer_list<TensorArg> tensors, const Tensor& workspace,
+// The shape, then every tensor and the workspace (kernels/common.h), whose
+// size depends on the device and dtype. Returns true for the CUDA path.
+inline bool check_call(const Conv2dShape& s, std::initializer_list<TensorArg> tensors, const Tensor& workspace,
                        const char* op) {
   check_conv2d_shape(s);
-  check_workspace_call(op, "conv2d", s.str(), tensors, workspace, conv2d_workspace_elems(s));
+  const DType dtype = check_kernel_tensors(op, "conv2d", s.str(), tensors);
+  const Device device = tensors.begin()->t->device();
+  check_scratch(op, tensors,
+                {{&workspace, "workspace", conv2d_workspace_elems(s, dtype, device), "conv2d_workspace_elems"}});
+  return device.is_cuda();
 }
+
+inline void* or_null(const Tensor& t) { return t.defined() ? t.data() : nullptr; }
 }  // namespace conv2d_detail
 
 // out = conv(inp, weight) + bias; an undefined bias adds nothing. out must
 // not overlap any input or the workspace.
 inline void conv2d_forward(const Tensor& out /* (N, K, P, Q) */, const Tensor& inp /* (N, C, H, W) */,
                            const Tensor& weight /* (K, C, R, S) */, const Tensor& bias /* (K) or undefined */,
-                           const Conv2dShape& s, const Tensor& workspace /* >= conv2d_workspace_elems(s) */,
-                           [[maybe_unused]] const Stream& stream /* for the CUDA path, issue #6 */) {
-  conv2d_detail::check_call(s,
-                            {{&out, {s.N, s.K, s.P(), s.Q()}, "out", ArgKind::output},
-                             {&inp, {s.N, s.C, s.H, s.W}, "inp", ArgKind::input},
-                             {&weight, {s.K, s.C, s.R, s.S}, "weight", ArgKind::input},
-                             {&bias, {s.K}, "bias", ArgKind::optional_input}},
-                            workspace, "conv2d_forward");
+                           const Conv2dShape& s, const Tensor& workspace /* conv2d_workspace_elems(s, ...) */,
+                           const Stream& stream) {
+  const bool on_cuda = conv2d_detail::check_call(s,
+                                                 {{&out, {s.N, s.K, s.P(), s.Q()}, "out", ArgKind::output},
+                                                  {&inp, {s.N, s.C, s.H, s.W}, "inp", ArgKind::input},
+                                                  {&weight, {s.K, s.C, s.R, s.S}, "weight", ArgKind::input},
+                                                  {&bias, {s.K}, "bias", ArgKind::optional_input}},
+                                                 workspace, "conv2d_forward");
+  if (on_cuda) {
+    TANDEM_CUDA_ONLY(cuda::conv2d_forward(out.data(), inp.data(), weight.data(), conv2d_detail::or_null(bias), s,
+                                          inp.dtype(), workspace.data(), inp.device().index, stream.cuda()));
+    return;
+  }
   cpu::conv2d_forward(out.data_as<float>(), inp.data_as<float>(), weight.data_as<float>(),
                       bias.defined() ? bias.data_as<float>() : nullptr, s, workspace.data_as<float>());
 }
@@ -141,13 +187,18 @@ inline void conv2d_forward(const Tensor& out /* (N, K, P, Q) */, const Tensor& i
 // workspace.
 inline void conv2d_backward_data(const Tensor& dinp /* (N, C, H, W) */, const Tensor& dout /* (N, K, P, Q) */,
                                  const Tensor& weight /* (K, C, R, S) */, const Conv2dShape& s,
-                                 const Tensor& workspace /* >= conv2d_workspace_elems(s) */,
-                                 [[maybe_unused]] const Stream& stream /* for the CUDA path, issue #6 */) {
-  conv2d_detail::check_call(s,
-                            {{&dinp, {s.N, s.C, s.H, s.W}, "dinp", ArgKind::output},
-                             {&dout, {s.N, s.K, s.P(), s.Q()}, "dout", ArgKind::input},
-                             {&weight, {s.K, s.C, s.R, s.S}, "weight", ArgKind::input}},
-                            workspace, "conv2d_backward_data");
+                                 const Tensor& workspace /* conv2d_workspace_elems(s, ...) */,
+                                 const Stream& stream) {
+  const bool on_cuda = conv2d_detail::check_call(s,
+                                                 {{&dinp, {s.N, s.C, s.H, s.W}, "dinp", ArgKind::output},
+                                                  {&dout, {s.N, s.K, s.P(), s.Q()}, "dout", ArgKind::input},
+                                                  {&weight, {s.K, s.C, s.R, s.S}, "weight", ArgKind::input}},
+                                                 workspace, "conv2d_backward_data");
+  if (on_cuda) {
+    TANDEM_CUDA_ONLY(cuda::conv2d_backward_data(dinp.data(), dout.data(), weight.data(), s, dout.dtype(),
+                                                workspace.data(), dout.device().index, stream.cuda()));
+    return;
+  }
   cpu::conv2d_backward_data(dinp.data_as<float>(), dout.data_as<float>(), weight.data_as<float>(), s,
                             workspace.data_as<float>());
 }
@@ -157,14 +208,21 @@ inline void conv2d_backward_data(const Tensor& dinp /* (N, C, H, W) */, const Te
 // dweight and dbias must not overlap anything else.
 inline void conv2d_backward_filter(const Tensor& dweight /* (K, C, R, S) */, const Tensor& dbias /* (K) or undefined */,
                                    const Tensor& dout /* (N, K, P, Q) */, const Tensor& inp /* (N, C, H, W) */,
-                                   const Conv2dShape& s, const Tensor& workspace /* >= conv2d_workspace_elems(s) */,
-                                   [[maybe_unused]] const Stream& stream /* for the CUDA path, issue #6 */) {
-  conv2d_detail::check_call(s,
-                            {{&dweight, {s.K, s.C, s.R, s.S}, "dweight", ArgKind::output},
-                             {&dbias, {s.K}, "dbias", ArgKind::optional_output},
-                             {&dout, {s.N, s.K, s.P(), s.Q()}, "dout", ArgKind::input},
-                             {&inp, {s.N, s.C, s.H, s.W}, "inp", ArgKind::input}},
-                            workspace, "conv2d_backward_filter");
+                                   const Conv2dShape& s,
+                                   const Tensor& workspace /* conv2d_workspace_elems(s, ...) */,
+                                   const Stream& stream) {
+  const bool on_cuda = conv2d_detail::check_call(s,
+                                                 {{&dweight, {s.K, s.C, s.R, s.S}, "dweight", ArgKind::output},
+                                                  {&dbias, {s.K}, "dbias", ArgKind::optional_output},
+                                                  {&dout, {s.N, s.K, s.P(), s.Q()}, "dout", ArgKind::input},
+                                                  {&inp, {s.N, s.C, s.H, s.W}, "inp", ArgKind::input}},
+                                                 workspace, "conv2d_backward_filter");
+  if (on_cuda) {
+    TANDEM_CUDA_ONLY(cuda::conv2d_backward_filter(dweight.data(), conv2d_detail::or_null(dbias), dout.data(),
+                                                  inp.data(), s, dout.dtype(), workspace.data(),
+                                                  dout.device().index, stream.cuda()));
+    return;
+  }
   cpu::conv2d_backward_filter(dweight.data_as<float>(), dbias.defined() ? dbias.data_as<float>() : nullptr,
                               dout.data_as<float>(), inp.data_as<float>(), s, workspace.data_as<float>());
 }

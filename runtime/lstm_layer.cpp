@@ -3,19 +3,8 @@
 #include <fmt/format.h>
 
 #include <cmath>
-#include <cstring>
 
 namespace tandem {
-
-namespace {
-
-// (A, B, C) -> (B, A, C), contiguous, on the CPU.
-void swap_leading(float* out, const float* in, int64_t A, int64_t B, int64_t C) {
-  for (int64_t a = 0; a < A; a++)
-    for (int64_t b = 0; b < B; b++) std::memcpy(out + (b * A + a) * C, in + (a * B + b) * C, C * sizeof(float));
-}
-
-}  // namespace
 
 Lstm::Lstm(ParameterSet& params, const std::string& prefix, int64_t input_size, int64_t hidden_size,
            int64_t num_layers)
@@ -38,8 +27,6 @@ kernels::LstmShape Lstm::shape(size_t l) const {
 }
 
 Tensor Lstm::forward(const Tensor& input, Context& ctx) {
-  if (!input.device().is_cpu() || ctx.dtype != DType::f32)
-    throw UserError("the LSTM runs on the CPU in f32 for now (its cuDNN version comes with issue #6)");
   TANDEM_CHECK(input.ndim() == 3 && input.dim(2) == input_size_,
                fmt::format("LSTM expects (B, T, {}) input, got {}", input_size_, shape_str(input.shape())));
   B_ = input.dim(0);
@@ -48,38 +35,39 @@ Tensor Lstm::forward(const Tensor& input, Context& ctx) {
   for (size_t l = 0; l < layers_.size(); l++) {
     Layer& layer = layers_[l];
     kernels::LstmShape s = shape(l);
-    ensure_buffer(layer.y, {T_, B_, hidden_}, DType::f32, ctx.device);
-    ensure_buffer(layer.reserve, {kernels::lstm_reserve_elems(s)}, DType::f32, ctx.device);
-    workspace = std::max(workspace, kernels::lstm_workspace_elems(s));
+    ensure_buffer(layer.y, {T_, B_, hidden_}, ctx.dtype, ctx.device);
+    // The reserve and workspace are opaque f32 scratch, sized for the device.
+    ensure_buffer(layer.reserve, {kernels::lstm_reserve_elems(s, ctx.dtype, ctx.device)}, DType::f32, ctx.device);
+    workspace = std::max(workspace, kernels::lstm_workspace_elems(s, ctx.dtype, ctx.device));
   }
   ensure_buffer(workspace_, {workspace}, DType::f32, ctx.device);
-  ensure_buffer(x_, {T_, B_, input_size_}, DType::f32, ctx.device);
-  swap_leading(x_.data_as<float>(), input.data_as<float>(), B_, T_, input_size_);
+  ensure_buffer(x_, {T_, B_, input_size_}, ctx.dtype, ctx.device);
+  kernels::lstm_swap_leading(x_, input, ctx.stream);
   for (size_t l = 0; l < layers_.size(); l++) {
     Layer& layer = layers_[l];
     kernels::lstm_forward(layer.y, {}, layer.reserve, layer_input(l), {},
                           {layer.w_ih->value, layer.w_hh->value, layer.b_ih->value, layer.b_hh->value},
                           shape(l), workspace_, ctx.stream);
   }
-  ensure_buffer(output_, {B_, T_, hidden_}, DType::f32, ctx.device);
-  swap_leading(output_.data_as<float>(), layers_.back().y.data_as<float>(), T_, B_, hidden_);
+  ensure_buffer(output_, {B_, T_, hidden_}, ctx.dtype, ctx.device);
+  kernels::lstm_swap_leading(output_, layers_.back().y, ctx.stream);
   return output_;
 }
 
 Tensor Lstm::backward(const Tensor& grad_output, Context& ctx) {
-  ensure_buffer(dy_, {T_, B_, hidden_}, DType::f32, ctx.device);
-  swap_leading(dy_.data_as<float>(), grad_output.data_as<float>(), B_, T_, hidden_);
+  ensure_buffer(dy_, {T_, B_, hidden_}, ctx.dtype, ctx.device);
+  kernels::lstm_swap_leading(dy_, grad_output, ctx.stream);
   for (size_t l = layers_.size(); l-- > 0;) {
     Layer& layer = layers_[l];
     kernels::LstmShape s = shape(l);
-    ensure_buffer(layer.dx, {T_, B_, s.I}, DType::f32, ctx.device);
+    ensure_buffer(layer.dx, {T_, B_, s.I}, ctx.dtype, ctx.device);
     const Tensor& dy = l + 1 < layers_.size() ? layers_[l + 1].dx : dy_;
     kernels::lstm_backward(layer.dx, {}, {layer.w_ih->grad, layer.w_hh->grad, layer.b_ih->grad, layer.b_hh->grad}, dy,
                            {}, layer_input(l), {}, {layer.w_ih->value, layer.w_hh->value, Tensor(), Tensor()}, layer.y,
                            layer.reserve, s, workspace_, ctx.stream);
   }
-  ensure_buffer(grad_input_, {B_, T_, input_size_}, DType::f32, ctx.device);
-  swap_leading(grad_input_.data_as<float>(), layers_[0].dx.data_as<float>(), T_, B_, input_size_);
+  ensure_buffer(grad_input_, {B_, T_, input_size_}, ctx.dtype, ctx.device);
+  kernels::lstm_swap_leading(grad_input_, layers_[0].dx, ctx.stream);
   return grad_input_;
 }
 

@@ -6,7 +6,8 @@
 // all U(-1/sqrt(H), 1/sqrt(H)); gate order i, f, g, o.
 //
 // The kernels (kernels/lstm.h) run sequence-first (T, N, I), as cuDNN does;
-// the module transposes at its two ends. CPU only for now.
+// the module transposes at its two ends (kernels::lstm_swap_leading), on
+// the CPU or on CUDA.
 #pragma once
 
 #include "kernels/lstm.h"

@@ -35,7 +35,8 @@ Tensor Conv2d::forward(const Tensor& input, Context& ctx) {
             .pad_w = opt_.padding};
   input_ = input;
   ensure_buffer(output_, {shape_.N, out_, shape_.P(), shape_.Q()}, ctx.dtype, ctx.device);
-  ensure_buffer(workspace_, {kernels::conv2d_workspace_elems(shape_)}, ctx.dtype, ctx.device);
+  // Opaque scratch, always f32: the im2col matrix on the CPU, cuDNN's on CUDA.
+  ensure_buffer(workspace_, {kernels::conv2d_workspace_elems(shape_, ctx.dtype, ctx.device)}, DType::f32, ctx.device);
   kernels::conv2d_forward(output_, input_, weight_->value, bias_ ? bias_->value : Tensor(), shape_, workspace_,
                           ctx.stream);
   return output_;

@@ -1,6 +1,8 @@
-// CHECK macros for the CUDA runtime, cuBLAS, cuBLASLt, cuDNN and NCCL. Include
+// CHECK macros for the CUDA runtime, cuBLAS, cuBLASLt and NCCL. Include
 // only from code that uses those libraries; each macro names the library's
 // own error-string function, so only code that expands it links that library.
+// cuDNN is loaded at run time and has its own, CUDNN_CALL
+// (kernels/cuda/cudnn_library.h).
 #pragma once
 
 #include "runtime/core/error.h"
@@ -32,14 +34,6 @@
     if (status_ != CUBLAS_STATUS_SUCCESS)                                                         \
       ::tandem::throw_library_error("cuBLASLt", static_cast<int>(status_),                       \
                                     cublasLtGetStatusString(status_), #call, __FILE__, __LINE__); \
-  } while (0)
-
-#define CUDNN_CHECK(call)                                                                  \
-  do {                                                                                     \
-    cudnnStatus_t status_ = (call);                                                        \
-    if (status_ != CUDNN_STATUS_SUCCESS)                                                   \
-      ::tandem::throw_library_error("cuDNN", static_cast<int>(status_),                   \
-                                    cudnnGetErrorString(status_), #call, __FILE__, __LINE__); \
   } while (0)
 
 #define NCCL_CHECK(call)                                                                   \

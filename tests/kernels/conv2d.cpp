@@ -292,20 +292,3 @@ TEST_CASE("cpu conv2d rejects tensors that do not match the shape", "[kernels][c
   REQUIRE_THROWS_WITH(kernels::conv2d_forward(out, inp, weight, bias, strided, ws, Stream()),
                       Contains("out must be [2, 4, 4, 5]"));
 }
-
-TEST_CASE("conv2d on a CUDA tensor is a UserError until cuDNN lands", "[kernels][conv2d]") {
-  // Needs a GPU to hold the tensors; a CPU-only machine has nothing to check.
-  if (cuda_device_count() == 0) return;
-  const Conv2dShape s = kShapes[0];
-  auto on_gpu = [](Shape shape) { return Tensor::zeros(std::move(shape), DType::f32, Device::cuda()); };
-  Tensor ws = on_gpu({kernels::conv2d_workspace_elems(s)});
-  REQUIRE_THROWS_WITH(kernels::conv2d_forward(on_gpu(out_shape(s)), on_gpu(inp_shape(s)), on_gpu(weight_shape(s)),
-                                              Tensor(), s, ws, Stream()),
-                      Catch::Contains("conv2d on CUDA is not implemented yet (cuDNN comes with issue #6)"));
-  REQUIRE_THROWS_AS(kernels::conv2d_backward_data(on_gpu(inp_shape(s)), on_gpu(out_shape(s)), on_gpu(weight_shape(s)),
-                                                  s, ws, Stream()),
-                    UserError);
-  REQUIRE_THROWS_AS(kernels::conv2d_backward_filter(on_gpu(weight_shape(s)), Tensor(), on_gpu(out_shape(s)),
-                                                    on_gpu(inp_shape(s)), s, ws, Stream()),
-                    UserError);
-}
