@@ -56,7 +56,11 @@ Tensor Lstm::forward(const Tensor& input, Context& ctx) {
 
 Tensor Lstm::backward(const Tensor& grad_output, Context& ctx) {
   ensure_buffer(dy_, {T_, B_, hidden_}, ctx.dtype, ctx.device);
-  kernels::lstm_swap_leading(dy_, grad_output, ctx.stream);
+  // The layer above may hand the gradient over flattened, (B*T, H).
+  TANDEM_CHECK(grad_output.numel() == B_ * T_ * hidden_,
+               fmt::format("LSTM backward expects a gradient of (B, T, {}) = {} values, got {}", hidden_,
+                           B_ * T_ * hidden_, shape_str(grad_output.shape())));
+  kernels::lstm_swap_leading(dy_, grad_output.reshape({B_, T_, hidden_}), ctx.stream);
   for (size_t l = layers_.size(); l-- > 0;) {
     Layer& layer = layers_[l];
     kernels::LstmShape s = shape(l);
