@@ -12,7 +12,8 @@
 # until that checkpoint exists, waits a random few milliseconds more, and
 # kills one random worker with SIGKILL; its final model.safetensors must
 # equal the reference's (cmp). Prints one line per trial and "K/N
-# identical"; exits non-zero unless all are. CHAOS_SEED=S replays a run's
+# identical"; exits non-zero unless all are, or when no trial killed a
+# worker (it would have tested nothing). CHAOS_SEED=S replays a run's
 # random choices; TANDEM_BINARY picks the binary (default build/tandem).
 # Every command runs under `timeout`.
 set -euo pipefail
@@ -85,9 +86,10 @@ finish() {
 
 final_model() { printf '%s/ckpt/step_%08d/model.safetensors' "$1" "$kSteps"; }
 
-# The pids of the job's workers (`tandem train` with the job's --ckpt-dir;
-# the launcher's own command line starts with `tandem launch`).
-workers() { timeout 5 pgrep -f "^[^ ]*tandem train .*--ckpt-dir $1/ckpt( |\$)" || true; }
+# The pids of the job's workers (`tandem train` with the job's --ckpt-dir,
+# under whatever name the binary has; the launcher's own command line is
+# `tandem launch`).
+workers() { timeout 5 pgrep -f "^[^ ]*$(basename "$tandem") train .*--ckpt-dir $1/ckpt( |\$)" || true; }
 
 ref="$work/reference"
 job "$ref"
@@ -98,6 +100,7 @@ if [ ! -f "$(final_model "$ref")" ]; then
 fi
 
 identical=0
+killed=0
 for ((t = 1; t <= trials; t++)); do
   dir="$work/trial_$t"
   # A checkpoint step to wait for (0: none, a kill during start-up), then 0-29 ms more.
@@ -119,6 +122,7 @@ for ((t = 1; t <= trials; t++)); do
   if [ -n "$victim" ]; then
     rank=$(tr '\0' '\n' </proc/"$victim"/environ 2>/dev/null | sed -n 's/^RANK=//p' || true)
     if kill -KILL "$victim" 2>/dev/null; then
+      killed=$((killed + 1))
       when="$extra_ms ms after checkpoint $target"
       [ "$target" -gt 0 ] || when="$extra_ms ms into the job"
       what="killed rank ${rank:-?} (pid $victim) $when"
@@ -139,5 +143,10 @@ for ((t = 1; t <= trials; t++)); do
   fi
 done
 
-echo "$identical/$trials identical"
+echo "$identical/$trials identical ($killed of them with a worker killed)"
+# A run that never killed anything tested nothing: that is a failure too.
+if [ "$trials" -gt 0 ] && [ "$killed" = 0 ]; then
+  echo "chaos.sh: no trial found a worker to kill (is TANDEM_BINARY's name what the workers run as?)" >&2
+  exit 1
+fi
 [ "$identical" = "$trials" ]
