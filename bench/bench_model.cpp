@@ -195,8 +195,8 @@ Subject make_subject(const ModelBenchOptions& o) {
     models::Gpt2Config c = gpt2_preset(o.model);
     auto m = std::make_shared<models::Gpt2>(c);
     hold(s, m, m.get());
-    TANDEM_CHECK(m->params.numel() == models::gpt2_num_parameters(c),
-                 fmt::format("the model has {} parameters, gpt2_num_parameters says {}", m->params.numel(),
+    TANDEM_CHECK(m->params.count() == models::gpt2_num_parameters(c),
+                 fmt::format("the model has {} parameters, gpt2_num_parameters says {}", m->params.count(),
                              models::gpt2_num_parameters(c)));
     s.architecture = fmt::format("L={} H={} C={} V={}", c.n_layer, c.n_head, c.n_embd, c.vocab_size);
     s.config = {{"vocab_size", c.vocab_size}, {"n_positions", c.n_positions}, {"n_layer", c.n_layer},
@@ -346,7 +346,7 @@ ModelBenchReport run_model_bench(const ModelBenchOptions& options) {
   r.unit = s.unit;
   r.architecture = s.architecture;
   r.config = s.config;
-  r.parameters = s.params->numel();
+  r.parameters = s.params->count();
   r.batch_size = o.batch_size;
   r.seq_len = o.seq_len;
   r.steps = o.steps;

@@ -70,7 +70,13 @@ class ParameterSet {
 
   const Tensor& values() const { return values_; }
   const Tensor& grads() const { return grads_; }
-  int64_t numel() const { return numel_; }
+  int64_t numel() const { return numel_; }  // the flat buffers' length, alignment gaps included
+  // The parameters' elements: what "N parameters" means.
+  int64_t count() const {
+    int64_t n = 0;
+    for (const Parameter& p : params_) n += p.numel();
+    return n;
+  }
   const std::deque<Parameter>& list() const { return params_; }
   const Tensor& buffer_values() const { return buffer_values_; }  // flat fp32; undefined when there are none
   const std::deque<Parameter>& buffer_list() const { return buffers_; }

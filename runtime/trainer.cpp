@@ -150,7 +150,7 @@ TrainSummary train(const TrainConfig& config, Module& model, ParameterSet& param
                       static_cast<float>(config.min_lr_ratio), config.lr_schedule == "cosine"};
   if (leader)
     log_info("training {} ({} parameters) on {} x {} in {}: {} steps of {} {}, {} per epoch", config.model,
-             params.numel(), pg.size(), ctx.device.str(), config.dtype, total_steps, global_batch, task.unit(),
+             params.count(), pg.size(), ctx.device.str(), config.dtype, total_steps, global_batch, task.unit(),
              steps_per_epoch);
 
   std::unique_ptr<parallel::Reducer> reducer;

@@ -84,6 +84,7 @@ TEST_CASE("tandem bench model times the cnn, the resnet and the lstm", "[e2e][be
     const char* flops_key;  // and of the FLOPs per unit
     double flops;           // training FLOPs per unit, worked out by hand below
     double initial_loss;    // ln(classes)
+    int64_t parameters;     // weights and biases, counted by hand (BatchNorm: 2 per channel)
   };
   // Forward multiply-adds x 2 x 3 (backward costs two forwards):
   //   cnn (32, 64 channels, 128 hidden): 28^2*32*9 + 14^2*64*32*9 + 64*7*7*128 + 128*10
@@ -94,9 +95,17 @@ TEST_CASE("tandem bench model times the cnn, the resnet and the lstm", "[e2e][be
   const double resnet = 28 * 28 * 16 * 9 + 2.0 * 28 * 28 * 16 * 16 * 9 + 14 * 14 * 32 * (16 + 32) * 9 +
                         14 * 14 * 32 * 16 + 7 * 7 * 64 * (32 + 64) * 9 + 7 * 7 * 64 * 32 + 64 * 10;
   const double lstm = (64 + 512) * 4 * 512 + 512 * 256;
-  for (const Case& c : {Case{"cnn", "images_per_s", "flops_per_image", 6 * cnn, std::log(10.0)},
-                        Case{"resnet", "images_per_s", "flops_per_image", 6 * resnet, std::log(10.0)},
-                        Case{"lstm", "tokens_per_s", "flops_per_token", 6 * lstm, std::log(256.0)}}) {
+  //   cnn: (9 + 1) * 32 + (32 * 9 + 1) * 64 + (3136 + 1) * 128 + (128 + 1) * 10
+  //   resnet: 16 * 9 + 32 + 2 * (16 * 16 * 9 + 32) + (16 * 9 * 32 + 32 * 9 * 32 + 16 * 32 + 3 * 64)
+  //     + (32 * 9 * 64 + 64 * 9 * 64 + 32 * 64 + 3 * 128) + (64 + 1) * 10
+  //   lstm: 256 * 64 + 2048 * (64 + 512 + 2) + (512 + 1) * 256
+  const int64_t cnn_params = 10 * 32 + 289 * 64 + 3137 * 128 + 129 * 10;
+  const int64_t resnet_params = 16 * 9 + 32 + 2 * (16 * 16 * 9 + 32) + (16 * 9 * 32 + 32 * 9 * 32 + 16 * 32 + 3 * 64) +
+                                (32 * 9 * 64 + 64 * 9 * 64 + 32 * 64 + 3 * 128) + 65 * 10;
+  const int64_t lstm_params = 256 * 64 + 2048 * (64 + 512 + 2) + 513 * 256;
+  for (const Case& c : {Case{"cnn", "images_per_s", "flops_per_image", 6 * cnn, std::log(10.0), cnn_params},
+                        Case{"resnet", "images_per_s", "flops_per_image", 6 * resnet, std::log(10.0), resnet_params},
+                        Case{"lstm", "tokens_per_s", "flops_per_token", 6 * lstm, std::log(256.0), lstm_params}}) {
     INFO(c.model);
     fs::path json = fs::temp_directory_path() / fmt::format("tandem_bench_{}_{}.json", c.model, fresh_seed());
     ShellResult r = run(fmt::format("bench model --model {} --device cpu --steps 2 --warmup 1 --batch-size 8 --json {}",
@@ -112,7 +121,7 @@ TEST_CASE("tandem bench model times the cnn, the resnet and the lstm", "[e2e][be
     REQUIRE(j[c.rate].get<double>() > 0);
     REQUIRE(j["step_ms"].get<double>() > 0);
     REQUIRE(std::fabs(j[c.flops_key].get<double>() - c.flops) <= 1e-9 * c.flops);
-    REQUIRE(j["parameters"].get<int64_t>() > 0);
+    REQUIRE(j["parameters"].get<int64_t>() == c.parameters);
     double loss = j["loss"].get<double>();
     REQUIRE(std::isfinite(loss));
     REQUIRE(std::fabs(loss - c.initial_loss) < 0.5);  // random labels: little to learn in 3 steps
