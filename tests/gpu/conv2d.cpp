@@ -3,7 +3,6 @@
 // a kernel wider than the input; overwrite (dinp) and accumulate (dweight,
 // dbias) semantics; bitwise repeatability; a clear error for an unsupported
 // dtype; and the Conv2d module on CUDA against the same module on the CPU.
-#include <cstring>
 
 #include "kernels/conv2d.h"
 #include "runtime/vision_layers.h"
@@ -15,42 +14,9 @@ using tandem::kernels::Conv2dShape;
 
 namespace {
 
-// f16 on the host through the compiler's _Float16 (round to nearest even,
-// as __float2half_rn); testing.h covers f32 and bf16.
-float round_to_f16(float v) { return static_cast<float>(static_cast<_Float16>(v)); }
-
-std::vector<float> rounded(std::vector<float> v, DType dtype) {
-  if (dtype == DType::bf16) return rounded_to_bf16(std::move(v));
-  if (dtype == DType::f16)
-    for (auto& x : v) x = round_to_f16(x);
-  return v;
-}
-
 // A tensor of `dtype` (f32, bf16 or f16) on `device` holding `values`.
 Tensor upload(const std::vector<float>& values, Shape shape, DType dtype, Device device) {
-  if (dtype != DType::f16) return make_tensor(values, std::move(shape), dtype, device);
-  Tensor host = Tensor::empty(std::move(shape), DType::f16, Device::cpu());
-  REQUIRE(static_cast<int64_t>(values.size()) == host.numel());
-  uint16_t* p = host.data_as<uint16_t>();
-  for (size_t i = 0; i < values.size(); i++) {
-    _Float16 h = static_cast<_Float16>(values[i]);
-    std::memcpy(p + i, &h, sizeof h);
-  }
-  return host.to(device);
-}
-
-// The values of a tensor of any float dtype, as floats on the host (sync).
-std::vector<float> download(const Tensor& t) {
-  if (t.dtype() != DType::f16) return t.to_vector();
-  Tensor host = t.to(Device::cpu());
-  const uint16_t* p = host.data_as<uint16_t>();
-  std::vector<float> out(host.numel());
-  for (size_t i = 0; i < out.size(); i++) {
-    _Float16 h;
-    std::memcpy(&h, p + i, sizeof h);
-    out[i] = static_cast<float>(h);
-  }
-  return out;
+  return make_tensor(values, std::move(shape), dtype, device);
 }
 
 // The raw bytes of a tensor (sync), for bitwise comparisons.

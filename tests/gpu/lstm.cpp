@@ -5,7 +5,6 @@
 // repeatability; a clear error for an unsupported dtype; the batch/sequence
 // transpose; and the LSTM module on CUDA against the same module on the CPU.
 #include <cmath>
-#include <cstring>
 
 #include "kernels/lstm.h"
 #include "runtime/lstm_layer.h"
@@ -19,44 +18,10 @@ namespace {
 
 using Vec = std::vector<float>;
 
-// f16 on the host through the compiler's _Float16 (round to nearest even,
-// as __float2half_rn); testing.h covers f32 and bf16.
-Vec rounded(Vec v, DType dtype) {
-  if (dtype == DType::bf16) return rounded_to_bf16(std::move(v));
-  if (dtype == DType::f16)
-    for (auto& x : v) x = static_cast<float>(static_cast<_Float16>(x));
-  return v;
-}
-
 // A tensor of `dtype` (f32, bf16 or f16) on `device` holding `values`;
 // undefined for an empty `values` (an optional tensor not given).
 Tensor upload(const Vec& values, Shape shape, DType dtype, Device device) {
-  if (values.empty()) return Tensor();
-  if (dtype != DType::f16) return make_tensor(values, std::move(shape), dtype, device);
-  Tensor host = Tensor::empty(std::move(shape), DType::f16, Device::cpu());
-  REQUIRE(static_cast<int64_t>(values.size()) == host.numel());
-  uint16_t* p = host.data_as<uint16_t>();
-  for (size_t i = 0; i < values.size(); i++) {
-    _Float16 h = static_cast<_Float16>(values[i]);
-    std::memcpy(p + i, &h, sizeof h);
-  }
-  return host.to(device);
-}
-
-// The values of a tensor of any float dtype as floats on the host (sync);
-// empty for an undefined tensor.
-Vec download(const Tensor& t) {
-  if (!t.defined()) return {};
-  if (t.dtype() != DType::f16) return t.to_vector();
-  Tensor host = t.to(Device::cpu());
-  const uint16_t* p = host.data_as<uint16_t>();
-  Vec out(host.numel());
-  for (size_t i = 0; i < out.size(); i++) {
-    _Float16 h;
-    std::memcpy(&h, p + i, sizeof h);
-    out[i] = static_cast<float>(h);
-  }
-  return out;
+  return values.empty() ? Tensor() : make_tensor(values, std::move(shape), dtype, device);
 }
 
 // Bitwise equality (f16 and bf16 widen to float exactly, so equal floats

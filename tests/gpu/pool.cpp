@@ -7,10 +7,10 @@
 #include <cstring>
 #include <limits>
 #include <random>
-#include <sstream>
 #include <utility>
 
 #include "kernels/pool.h"
+#include "support/pool_shapes.h"
 #include "support/testing.h"
 
 using namespace tandem;
@@ -27,31 +27,17 @@ Shape out_shape(const Pool2dShape& s) { return {s.N, s.C, s.P(), s.Q()}; }
 int64_t in_numel(const Pool2dShape& s) { return s.N * s.C * s.H * s.W; }
 int64_t out_numel(const Pool2dShape& s) { return s.N * s.C * s.P() * s.Q(); }
 
-std::string str(const Pool2dShape& s) {
-  std::ostringstream o;
-  o << "N=" << s.N << " C=" << s.C << " H=" << s.H << " W=" << s.W << " R=" << s.R << " S=" << s.S
-    << " stride=" << s.stride_h << "x" << s.stride_w << " pad=" << s.pad_h << "x" << s.pad_w;
-  return o.str();
-}
+std::string str(const Pool2dShape& s) { return kernels::pool_detail::str(s); }
 
-// tests/kernels/pool.cpp's shapes (odd sizes, strides below, at and above
-// the window, padding up to half the window, windows that end short of the
-// last rows, the window as the whole input, an empty batch), plus C = 17 on
-// a ResNet-stem-like 3x3/2 pooling and overlapping 2x2/1 windows.
-const std::vector<Pool2dShape> kShapes = {
-    {.N = 3, .C = 5, .H = 7, .W = 3, .R = 3, .S = 2, .stride_h = 2, .stride_w = 1, .pad_h = 1, .pad_w = 1},
-    {.N = 2, .C = 3, .H = 8, .W = 8, .R = 2, .S = 2, .stride_h = 2, .stride_w = 2},
-    {.N = 1, .C = 2, .H = 5, .W = 6, .R = 3, .S = 3, .stride_h = 1, .stride_w = 1, .pad_h = 1, .pad_w = 1},
-    {.N = 2, .C = 1, .H = 7, .W = 5, .R = 4, .S = 3, .stride_h = 3, .stride_w = 2, .pad_h = 2, .pad_w = 1},
-    {.N = 1, .C = 1, .H = 1, .W = 1, .R = 1, .S = 1, .stride_h = 1, .stride_w = 1},
-    {.N = 3, .C = 2, .H = 6, .W = 7, .R = 3, .S = 3, .stride_h = 2, .stride_w = 2},
-    {.N = 0, .C = 2, .H = 4, .W = 4, .R = 2, .S = 2, .stride_h = 2, .stride_w = 2, .pad_h = 1, .pad_w = 1},
-    {.N = 1, .C = 3, .H = 9, .W = 11, .R = 5, .S = 3, .stride_h = 4, .stride_w = 3, .pad_h = 2, .pad_w = 1},
-    {.N = 1, .C = 1, .H = 4, .W = 5, .R = 4, .S = 5, .stride_h = 1, .stride_w = 1},
-    {.N = 1, .C = 2, .H = 5, .W = 1, .R = 2, .S = 1, .stride_h = 1, .stride_w = 1, .pad_h = 1},
-    {.N = 2, .C = 17, .H = 33, .W = 31, .R = 3, .S = 3, .stride_h = 2, .stride_w = 2, .pad_h = 1, .pad_w = 1},
-    {.N = 3, .C = 3, .H = 15, .W = 17, .R = 2, .S = 2, .stride_h = 1, .stride_w = 1, .pad_h = 1, .pad_w = 1},
-};
+// The CPU tests' shapes, plus C = 17 on a ResNet-stem-like 3x3/2 pooling
+// and overlapping 2x2/1 windows.
+std::vector<Pool2dShape> all_shapes() {
+  std::vector<Pool2dShape> shapes = kPoolShapes;
+  shapes.push_back({.N = 2, .C = 17, .H = 33, .W = 31, .R = 3, .S = 3, .stride_h = 2, .stride_w = 2, .pad_h = 1, .pad_w = 1});
+  shapes.push_back({.N = 3, .C = 3, .H = 15, .W = 17, .R = 2, .S = 2, .stride_h = 1, .stride_w = 1, .pad_h = 1, .pad_w = 1});
+  return shapes;
+}
+const std::vector<Pool2dShape> kShapes = all_shapes();
 
 // Values from {0, 1, 2}: ties in every window.
 Vec tied_values(int64_t n, uint64_t seed) {

@@ -8,9 +8,9 @@
 #include <limits>
 #include <numeric>
 #include <random>
-#include <sstream>
 
 #include "kernels/pool.h"
+#include "support/pool_shapes.h"
 #include "support/testing.h"
 
 using namespace tandem;
@@ -29,28 +29,9 @@ Shape out_shape(const Pool2dShape& s) { return {s.N, s.C, s.P(), s.Q()}; }
 
 IVec ints(const Tensor& t) { return IVec(t.data_as<int32_t>(), t.data_as<int32_t>() + t.numel()); }
 
-std::string str(const Pool2dShape& s) {
-  std::ostringstream o;
-  o << "N=" << s.N << " C=" << s.C << " H=" << s.H << " W=" << s.W << " R=" << s.R << " S=" << s.S
-    << " stride=" << s.stride_h << "x" << s.stride_w << " pad=" << s.pad_h << "x" << s.pad_w;
-  return o.str();
-}
+std::string str(const Pool2dShape& s) { return kernels::pool_detail::str(s); }
 
-// Odd sizes, strides below, at and above the window, padding up to half the
-// window, windows that end short of the last rows and columns, the window as
-// the whole input, an empty batch.
-const std::vector<Pool2dShape> kShapes = {
-    {.N = 3, .C = 5, .H = 7, .W = 3, .R = 3, .S = 2, .stride_h = 2, .stride_w = 1, .pad_h = 1, .pad_w = 1},
-    {.N = 2, .C = 3, .H = 8, .W = 8, .R = 2, .S = 2, .stride_h = 2, .stride_w = 2},
-    {.N = 1, .C = 2, .H = 5, .W = 6, .R = 3, .S = 3, .stride_h = 1, .stride_w = 1, .pad_h = 1, .pad_w = 1},
-    {.N = 2, .C = 1, .H = 7, .W = 5, .R = 4, .S = 3, .stride_h = 3, .stride_w = 2, .pad_h = 2, .pad_w = 1},
-    {.N = 1, .C = 1, .H = 1, .W = 1, .R = 1, .S = 1, .stride_h = 1, .stride_w = 1},
-    {.N = 3, .C = 2, .H = 6, .W = 7, .R = 3, .S = 3, .stride_h = 2, .stride_w = 2},
-    {.N = 0, .C = 2, .H = 4, .W = 4, .R = 2, .S = 2, .stride_h = 2, .stride_w = 2, .pad_h = 1, .pad_w = 1},
-    {.N = 1, .C = 3, .H = 9, .W = 11, .R = 5, .S = 3, .stride_h = 4, .stride_w = 3, .pad_h = 2, .pad_w = 1},
-    {.N = 1, .C = 1, .H = 4, .W = 5, .R = 4, .S = 5, .stride_h = 1, .stride_w = 1},
-    {.N = 1, .C = 2, .H = 5, .W = 1, .R = 2, .S = 1, .stride_h = 1, .stride_w = 1, .pad_h = 1},
-};
+const std::vector<Pool2dShape>& kShapes = kPoolShapes;
 
 // n distinct values 0.05 apart, shuffled: no ties, and a +-1e-2 finite
 // difference step never changes which is the largest.

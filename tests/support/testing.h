@@ -121,11 +121,23 @@ inline std::vector<float> rounded_to_bf16(std::vector<float> v) {
   return v;
 }
 
+// f16 on the host through the compiler's _Float16 (round to nearest even,
+// as __float2half_rn).
+inline float round_to_f16(float v) { return static_cast<float>(static_cast<_Float16>(v)); }
+
+// The values rounded to `dtype` (f32, bf16 or f16): what a kernel of that
+// storage type sees.
+inline std::vector<float> rounded(std::vector<float> v, DType dtype) {
+  if (dtype == DType::bf16) return rounded_to_bf16(std::move(v));
+  if (dtype == DType::f16)
+    for (auto& x : v) x = round_to_f16(x);
+  return v;
+}
+
 // Random values in [-1, 1), rounded to `dtype` so that a bf16 kernel and
 // its fp32 CPU twin see the same inputs.
 inline std::vector<float> draw(int64_t n, uint64_t seed, DType dtype) {
-  std::vector<float> v = random_vector(n, seed);
-  return dtype == DType::bf16 ? rounded_to_bf16(v) : v;
+  return rounded(random_vector(n, seed), dtype);
 }
 
 inline std::vector<float> abs_of(std::vector<float> v) {
@@ -204,18 +216,31 @@ inline float mean_dloss(const std::vector<int32_t>& targets) {
   return valid == 0 ? 1.f : 1.f / static_cast<float>(valid);
 }
 
-// A tensor of `dtype` (f32 or bf16) on `device` holding `values`.
+// A tensor of `dtype` (f32, bf16 or f16) on `device` holding `values`.
 inline Tensor make_tensor(const std::vector<float>& values, Shape shape, DType dtype, Device device) {
   Tensor host = Tensor::empty(shape, dtype, Device::cpu());
   REQUIRE(static_cast<int64_t>(values.size()) == host.numel());
   if (dtype == DType::f32) {
     std::copy(values.begin(), values.end(), host.data_as<float>());
-  } else {
-    REQUIRE(dtype == DType::bf16);
+  } else if (dtype == DType::bf16) {
     uint16_t* p = host.data_as<uint16_t>();
     for (size_t i = 0; i < values.size(); i++) p[i] = f32_to_bf16(values[i]);
+  } else {
+    REQUIRE(dtype == DType::f16);
+    _Float16* p = static_cast<_Float16*>(host.data());
+    for (size_t i = 0; i < values.size(); i++) p[i] = static_cast<_Float16>(values[i]);
   }
   return device.is_cpu() ? host : host.to(device);
+}
+
+// The values of a tensor of f32, bf16 or f16 on any device, as floats on
+// the host (synchronizes); empty for an undefined tensor.
+inline std::vector<float> download(const Tensor& t) {
+  if (!t.defined()) return {};
+  if (t.dtype() != DType::f16) return t.to_vector();
+  Tensor host = t.to(Device::cpu());
+  const _Float16* p = static_cast<const _Float16*>(host.data());
+  return std::vector<float>(p, p + host.numel());
 }
 
 // An i32 tensor on `device` holding `values`.
