@@ -5,11 +5,7 @@
 // stop its workers and exit within 2 x the timeout, naming the store. Each
 // case takes about the timeout; every launcher is killed and reaped at the
 // end, and every worker it started must be gone.
-#include <fcntl.h>
 #include <signal.h>
-#include <spawn.h>
-#include <sys/wait.h>
-#include <unistd.h>
 #include <fmt/format.h>
 
 #include <chrono>
@@ -25,8 +21,6 @@
 using namespace tandem::testing;
 namespace fs = std::filesystem;
 using Clock = std::chrono::steady_clock;
-
-extern char** environ;
 
 namespace {
 
@@ -44,87 +38,27 @@ Clock::time_point after(Clock::time_point t, double seconds) {
 
 bool contains(const std::string& text, const std::string& needle) { return text.find(needle) != std::string::npos; }
 
-// One node's `tandem launch` (the spawned pid is the launcher's, through
-// sh's and env's exec), its output in a file; killed and reaped at the end.
-class Node {
- public:
-  Node(int rank, const std::string& token, int port, const std::string& extra)
-      : log_(fs::temp_directory_path() / fmt::format("tandem_lost_node_{}_{}.log", rank, fresh_seed())) {
-    std::string clear;
-    for (const char* var : {"SLURM_NNODES", "SLURM_JOB_NUM_NODES", "SLURM_NODEID", "SLURM_NTASKS_PER_NODE",
-                            "SLURM_GPUS_ON_NODE", "SLURM_JOB_NODELIST", "SLURM_NODELIST"})
-      clear += fmt::format("-u {} ", var);
-    std::string line = fmt::format(
-        "exec env {}TANDEM_JOB_TOKEN={} {} launch --nnodes 2 --node-rank {} --master-port {} --nproc-per-node 2 "
-        "--node-timeout {} {} -- sh -c 'echo pid $$; exec sleep 60'",
-        clear, token, tandem_binary(), rank, port, kNodeTimeout, extra);
-    const char* argv[] = {"/bin/sh", "-c", line.c_str(), nullptr};
-    posix_spawn_file_actions_t actions;
-    posix_spawn_file_actions_init(&actions);
-    posix_spawn_file_actions_addopen(&actions, 1, log_.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    posix_spawn_file_actions_adddup2(&actions, 1, 2);
-    int rc = posix_spawn(&pid_, argv[0], &actions, nullptr, const_cast<char**>(argv), environ);
-    posix_spawn_file_actions_destroy(&actions);
-    REQUIRE(rc == 0);
-  }
-  ~Node() {
-    if (!code_) {
-      kill(pid_, SIGKILL);  // a stopped process dies of it too
-      waitpid(pid_, nullptr, 0);
-    }
-    fs::remove(log_);
-  }
-  Node(const Node&) = delete;
-  Node& operator=(const Node&) = delete;
-
-  pid_t pid() const { return pid_; }
-  std::string output() const { return read_bytes(log_); }
-
-  // When the output first held `n` matches of `pattern`, polled until `deadline`.
-  std::optional<Clock::time_point> await(const std::regex& pattern, Clock::time_point deadline, size_t n = 1) const {
-    while (true) {
-      std::string out = output();
-      if (static_cast<size_t>(std::distance(std::sregex_iterator(out.begin(), out.end(), pattern),
-                                            std::sregex_iterator())) >= n)
-        return Clock::now();
-      if (Clock::now() >= deadline) return std::nullopt;
-      std::this_thread::sleep_for(std::chrono::milliseconds(20));
-    }
-  }
-
-  // The exit code once the launcher has exited by `deadline`.
-  std::optional<int> wait_until(Clock::time_point deadline) {
-    while (!code_) {
-      int status = 0;
-      pid_t r = waitpid(pid_, &status, WNOHANG);
-      REQUIRE(r >= 0);
-      if (r == pid_) {
-        code_ = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-        exited_ = Clock::now();
-      } else if (Clock::now() >= deadline) {
-        return std::nullopt;
-      } else {
-        std::this_thread::sleep_for(std::chrono::milliseconds(20));
-      }
-    }
-    return code_;
-  }
-  Clock::time_point exited() const { return exited_; }
-
- private:
-  fs::path log_;
-  pid_t pid_ = -1;
-  std::optional<int> code_;
-  Clock::time_point exited_;
-};
+// One node's `tandem launch` with two workers that print their pid and
+// sleep; `extra` flags added.
+std::string launch_command(int rank, const std::string& token, int port, const std::string& extra) {
+  std::string clear;
+  for (const char* var : {"SLURM_NNODES", "SLURM_JOB_NUM_NODES", "SLURM_NODEID", "SLURM_NTASKS_PER_NODE",
+                          "SLURM_GPUS_ON_NODE", "SLURM_JOB_NODELIST", "SLURM_NODELIST"})
+    clear += fmt::format("-u {} ", var);
+  return fmt::format(
+      "env {}TANDEM_JOB_TOKEN={} {} launch --nnodes 2 --node-rank {} --master-port {} --nproc-per-node 2 "
+      "--node-timeout {} {} -- sh -c 'echo pid $$; exec sleep 60'",
+      clear, token, tandem_binary(), rank, port, kNodeTimeout, extra);
+}
 
 // Two launchers of one job (`extra` flags on both), once all four workers
 // have said "pid".
 struct Job {
-  explicit Job(const std::string& extra) {
+  explicit Job(const std::string& extra) : logs(temp_dir("lost_node")) {
     std::string token = fmt::format("test-{}", fresh_seed());
     int port = free_port();
-    for (int i : {0, 1}) nodes[i].emplace(i, token, port, extra);
+    for (int i : {0, 1})
+      nodes[i].emplace(launch_command(i, token, port, extra), logs / fmt::format("node{}.log", i));
     auto deadline = after(Clock::now(), kStartBound);
     for (int i : {0, 1}) {
       INFO(outputs());
@@ -134,7 +68,12 @@ struct Job {
   std::string outputs() const {
     return fmt::format("--- node 0:\n{}\n--- node 1:\n{}", nodes[0]->output(), nodes[1]->output());
   }
-  std::optional<Node> nodes[2];
+  ~Job() {
+    for (auto& node : nodes) node.reset();  // killed and reaped before their logs go
+    fs::remove_all(logs);
+  }
+  fs::path logs;
+  std::optional<BackgroundProcess> nodes[2];
 };
 
 }  // namespace

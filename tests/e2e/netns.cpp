@@ -111,62 +111,6 @@ void set_link(int node, bool up) {
   REQUIRE(shell_ok(cmd));
 }
 
-// One node's launcher, started in its namespace with its output in a
-// file; killed (its whole process group) if still running at the end.
-class Node {
- public:
-  Node(int rank, const std::string& command, const fs::path& log) : log_(log) {
-    pid_ = fork();
-    REQUIRE(pid_ >= 0);
-    if (pid_ == 0) {
-      setpgid(0, 0);
-      int fd = open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-      if (fd < 0) _exit(127);
-      dup2(fd, 1);
-      dup2(fd, 2);
-      std::string line = fmt::format("exec ip netns exec {} {}", kNs[rank], command);
-      execl("/bin/sh", "sh", "-c", line.c_str(), static_cast<char*>(nullptr));
-      _exit(127);
-    }
-    setpgid(pid_, pid_);
-  }
-  ~Node() {
-    if (!code_) {
-      kill(-pid_, SIGKILL);
-      waitpid(pid_, nullptr, 0);
-    }
-  }
-  Node(const Node&) = delete;
-  Node& operator=(const Node&) = delete;
-
-  // The exit code once the launcher has exited by `deadline`.
-  std::optional<int> wait_until(Clock::time_point deadline) {
-    while (!code_) {
-      int status = 0;
-      pid_t r = waitpid(pid_, &status, WNOHANG);
-      REQUIRE(r >= 0);
-      if (r == pid_) {
-        code_ = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-        exited_ = Clock::now();
-      } else if (Clock::now() >= deadline) {
-        return std::nullopt;
-      } else {
-        std::this_thread::sleep_for(std::chrono::milliseconds(20));
-      }
-    }
-    return code_;
-  }
-  bool running() { return !wait_until(Clock::now()); }
-  Clock::time_point exited() const { return exited_; }
-  std::string output() const { return read_bytes(log_); }
-
- private:
-  fs::path log_;
-  pid_t pid_ = -1;
-  std::optional<int> code_;
-  Clock::time_point exited_;
-};
-
 // A 2x2 job: node 0 serves the store on 10.77.0.1; rank 0 (node 0)
 // writes checkpoints to DIR/ckpt.
 struct Job {
@@ -187,7 +131,8 @@ struct Job {
           "-- {}",
           token, kHostVariable, kAddr[i], kJobTimeout, tandem_binary(), i, kAddr[0], port, max_restarts, launch_flags,
           train);
-      nodes[i].emplace(i, command, dir / fmt::format("node{}.log", i));
+      // The node's launcher, in its namespace.
+      nodes[i].emplace(fmt::format("ip netns exec {} {}", kNs[i], command), dir / fmt::format("node{}.log", i));
     }
     dir_ = dir;
     store_port = port;
@@ -219,7 +164,7 @@ struct Job {
     REQUIRE(nodes[1]->running());
   }
 
-  std::optional<Node> nodes[2];
+  std::optional<BackgroundProcess> nodes[2];
   int store_port = 0;
   fs::path dir_;
 };

@@ -1,8 +1,10 @@
-// Running commands from tests (the `tandem` binary as a user runs it) and
-// finding a free TCP port for a job's store.
+// Running commands from tests (the `tandem` binary as a user runs it), in
+// the foreground or the background, and finding a free TCP port for a
+// job's store.
 #pragma once
 
 #include <arpa/inet.h>
+#include <fcntl.h>
 #include <signal.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
@@ -13,6 +15,8 @@
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <filesystem>
+#include <optional>
 #include <regex>
 #include <string>
 #include <thread>
@@ -92,5 +96,80 @@ inline bool gone(pid_t pid) {
   kill(pid, SIGKILL);
   return false;
 }
+
+// A shell command running in the background as the leader of its own
+// process group, its stdout and stderr in `log`; the group is killed and
+// the command reaped at the end if it is still running. A launcher started
+// this way is what one node of a multi-node job is to the tests.
+class BackgroundProcess {
+ public:
+  using Clock = std::chrono::steady_clock;
+
+  BackgroundProcess(const std::string& command, std::filesystem::path log) : log_(std::move(log)) {
+    pid_ = fork();
+    REQUIRE(pid_ >= 0);
+    if (pid_ == 0) {
+      setpgid(0, 0);
+      int fd = open(log_.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+      if (fd < 0) _exit(127);
+      dup2(fd, 1);
+      dup2(fd, 2);
+      std::string line = "exec " + command;  // the pid is the command's, not a shell's
+      execl("/bin/sh", "sh", "-c", line.c_str(), static_cast<char*>(nullptr));
+      _exit(127);
+    }
+    setpgid(pid_, pid_);
+  }
+  ~BackgroundProcess() {
+    if (!code_) {
+      kill(-pid_, SIGKILL);  // a stopped process dies of it too
+      waitpid(pid_, nullptr, 0);
+    }
+  }
+  BackgroundProcess(const BackgroundProcess&) = delete;
+  BackgroundProcess& operator=(const BackgroundProcess&) = delete;
+
+  pid_t pid() const { return pid_; }
+  std::string output() const { return read_bytes(log_); }
+
+  // When the output first held `n` matches of `pattern`, polled until `deadline`.
+  std::optional<Clock::time_point> await(const std::regex& pattern, Clock::time_point deadline, size_t n = 1) const {
+    while (true) {
+      std::string out = output();
+      if (static_cast<size_t>(std::distance(std::sregex_iterator(out.begin(), out.end(), pattern),
+                                            std::sregex_iterator())) >= n)
+        return Clock::now();
+      if (Clock::now() >= deadline) return std::nullopt;
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+  }
+
+  // The exit code (128 + signal when killed by one) once the command has
+  // exited by `deadline`.
+  std::optional<int> wait_until(Clock::time_point deadline) {
+    while (!code_) {
+      int status = 0;
+      pid_t r = waitpid(pid_, &status, WNOHANG);
+      REQUIRE(r >= 0);
+      if (r == pid_) {
+        code_ = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+        exited_ = Clock::now();
+      } else if (Clock::now() >= deadline) {
+        return std::nullopt;
+      } else {
+        std::this_thread::sleep_for(std::chrono::milliseconds(20));
+      }
+    }
+    return code_;
+  }
+  bool running() { return !wait_until(Clock::now()); }
+  Clock::time_point exited() const { return exited_; }
+
+ private:
+  std::filesystem::path log_;
+  pid_t pid_ = -1;
+  std::optional<int> code_;
+  Clock::time_point exited_;
+};
 
 }  // namespace tandem::testing
