@@ -77,6 +77,31 @@ float read_dropout(const toml::table& table, const std::string& model, const std
   return p;
 }
 
+int64_t read_positive_int(const toml::table& table, const std::string& model, const char* key,
+                          const std::string& where, int64_t fallback) {
+  const toml::node* n = table.get(key);
+  if (!n) return fallback;
+  if (!n->is_integer() || n->value<int64_t>().value() <= 0)
+    throw UserError(fmt::format("{}.{} in {} must be a positive integer", model, key, where));
+  return n->value<int64_t>().value();
+}
+
+std::vector<int64_t> read_positive_list(const toml::table& table, const std::string& model, const char* key,
+                                        const std::string& where, bool allow_empty, const char* form,
+                                        std::vector<int64_t> fallback) {
+  const toml::node* n = table.get(key);
+  if (!n) return fallback;
+  const toml::array* a = n->as_array();
+  if (!a || (a->empty() && !allow_empty)) throw UserError(fmt::format("{}.{} in {} must be {}", model, key, where, form));
+  std::vector<int64_t> out;
+  for (const toml::node& v : *a) {
+    if (!v.is_integer() || v.value<int64_t>().value() <= 0)
+      throw UserError(fmt::format("{}.{} in {} must hold positive integers", model, key, where));
+    out.push_back(v.value<int64_t>().value());
+  }
+  return out;
+}
+
 void apply_override(toml::table& table, const std::string& assignment) {
   size_t eq = assignment.find('=');
   if (eq == std::string::npos || eq == 0)

@@ -67,6 +67,20 @@ void check_keys(const toml::table& table, const std::vector<std::string>& allowe
 // probability in [0, 1); `fallback` when absent.
 float read_dropout(const toml::table& table, const std::string& model, const std::string& where, float fallback);
 
+// table[key] of a model's section (`model` names it in errors) as a
+// positive integer (a width, a count); `fallback` when absent.
+int64_t read_positive_int(const toml::table& table, const std::string& model, const char* key,
+                          const std::string& where, int64_t fallback);
+
+// table[key] of a model's section (`model` names it in errors) as a list of
+// positive integers (layer widths, channel counts); `fallback` when absent.
+// `form` says what is expected in the error for a value that is not an
+// array, or is empty when `allow_empty` is false: "an array of widths,
+// e.g. [256, 128]".
+std::vector<int64_t> read_positive_list(const toml::table& table, const std::string& model, const char* key,
+                                        const std::string& where, bool allow_empty, const char* form,
+                                        std::vector<int64_t> fallback);
+
 // The resolved configuration as TOML text (logged and stored in checkpoints).
 std::string to_toml(const TrainConfig& config);
 

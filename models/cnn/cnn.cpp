@@ -10,31 +10,24 @@
 
 namespace tandem::models {
 
+int64_t square_image_side(int64_t features, const char* model) {
+  auto side = static_cast<int64_t>(std::lround(std::sqrt(static_cast<double>(features))));
+  if (side * side != features)
+    throw UserError(fmt::format("the {} takes square one-channel images; {} features are not", model, features));
+  return side;
+}
+
 CnnOptions parse_cnn_options(const toml::table& table, int64_t in_features, int64_t classes, const std::string& where) {
   check_keys(table, {"channels", "hidden", "dropout", "batchnorm"}, where + " [cnn]");
   CnnOptions o;
-  o.image_size = static_cast<int64_t>(std::lround(std::sqrt(static_cast<double>(in_features))));
-  if (o.image_size * o.image_size != in_features)
-    throw UserError(fmt::format("the cnn takes square one-channel images; {} features are not", in_features));
+  o.image_size = square_image_side(in_features, "cnn");
   o.classes = classes;
-  if (const toml::node* n = table.get("channels")) {
-    const toml::array* a = n->as_array();
-    if (!a || a->empty()) throw UserError(fmt::format("cnn.channels in {} must be a non-empty array, e.g. [32, 64]", where));
-    o.channels.clear();
-    for (const toml::node& c : *a) {
-      if (!c.is_integer() || c.value<int64_t>().value() <= 0)
-        throw UserError(fmt::format("cnn.channels in {} must hold positive integers", where));
-      o.channels.push_back(c.value<int64_t>().value());
-    }
-  }
+  o.channels = read_positive_list(table, "cnn", "channels", where, /*allow_empty=*/false,
+                                  "a non-empty array, e.g. [32, 64]", o.channels);
   if (o.image_size >> o.channels.size() == 0)
     throw UserError(fmt::format("cnn.channels in {}: {} stages halve a {}-pixel image to nothing", where,
                                 o.channels.size(), o.image_size));
-  if (const toml::node* n = table.get("hidden")) {
-    if (!n->is_integer() || n->value<int64_t>().value() <= 0)
-      throw UserError(fmt::format("cnn.hidden in {} must be a positive integer", where));
-    o.hidden = n->value<int64_t>().value();
-  }
+  o.hidden = read_positive_int(table, "cnn", "hidden", where, o.hidden);
   o.dropout = read_dropout(table, "cnn", where, o.dropout);
   if (const toml::node* n = table.get("batchnorm")) {
     if (!n->is_boolean()) throw UserError(fmt::format("cnn.batchnorm in {} must be true or false", where));

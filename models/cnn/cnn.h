@@ -24,6 +24,10 @@ struct CnnOptions {
   bool batchnorm = false;  // BatchNorm2d after each convolution
 };
 
+// The side of a square one-channel image of `features` pixels; UserError
+// naming `model` when there is none.
+int64_t square_image_side(int64_t features, const char* model);
+
 // Reads the [cnn] table (channels, hidden, dropout, batchnorm); `where` names the config in errors.
 CnnOptions parse_cnn_options(const toml::table& table, int64_t in_features, int64_t classes, const std::string& where);
 

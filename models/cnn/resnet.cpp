@@ -2,9 +2,8 @@
 
 #include <fmt/format.h>
 
-#include <cmath>
-
 #include "kernels/residual.h"
+#include "models/cnn/cnn.h"
 #include "runtime/config.h"
 #include "runtime/core/error.h"
 #include "runtime/vision_layers.h"
@@ -12,19 +11,6 @@
 namespace tandem::models {
 
 namespace {
-
-// A positive integer array such as [16, 32, 64].
-std::vector<int64_t> read_positive_array(const toml::node& n, const std::string& what) {
-  const toml::array* a = n.as_array();
-  if (!a || a->empty()) throw UserError(fmt::format("{} must be a non-empty array, e.g. [16, 32, 64]", what));
-  std::vector<int64_t> out;
-  for (const toml::node& c : *a) {
-    if (!c.is_integer() || c.value<int64_t>().value() <= 0)
-      throw UserError(fmt::format("{} must hold positive integers", what));
-    out.push_back(c.value<int64_t>().value());
-  }
-  return out;
-}
 
 // Multiply-adds x 2 of a k x k convolution producing a (out, size, size) map.
 double conv_flops(int64_t in, int64_t out, int64_t k, int64_t size) {
@@ -37,19 +23,14 @@ ResNetOptions parse_resnet_options(const toml::table& table, int64_t in_features
                                    const std::string& where) {
   check_keys(table, {"channels", "blocks"}, where + " [resnet]");
   ResNetOptions o;
-  o.image_size = static_cast<int64_t>(std::lround(std::sqrt(static_cast<double>(in_features))));
-  if (o.image_size * o.image_size != in_features)
-    throw UserError(fmt::format("the resnet takes square one-channel images; {} features are not", in_features));
+  o.image_size = square_image_side(in_features, "resnet");
   o.classes = classes;
-  if (const toml::node* n = table.get("channels")) o.channels = read_positive_array(*n, "resnet.channels in " + where);
+  o.channels = read_positive_list(table, "resnet", "channels", where, /*allow_empty=*/false,
+                                  "a non-empty array, e.g. [16, 32, 64]", o.channels);
   if (o.image_size >> (o.channels.size() - 1) == 0)
     throw UserError(fmt::format("resnet.channels in {}: {} stages halve a {}-pixel image to nothing", where,
                                 o.channels.size(), o.image_size));
-  if (const toml::node* n = table.get("blocks")) {
-    if (!n->is_integer() || n->value<int64_t>().value() <= 0)
-      throw UserError(fmt::format("resnet.blocks in {} must be a positive integer", where));
-    o.blocks = n->value<int64_t>().value();
-  }
+  o.blocks = read_positive_int(table, "resnet", "blocks", where, o.blocks);
   return o;
 }
 

@@ -17,15 +17,6 @@ namespace tandem::models {
 
 namespace {
 
-// A positive integer from `table[key]`, if present.
-void read_positive(const toml::table& table, const char* key, int64_t* out, const std::string& where) {
-  const toml::node* n = table.get(key);
-  if (!n) return;
-  if (!n->is_integer() || n->value<int64_t>().value() <= 0)
-    throw UserError(fmt::format("gpt2.{} in {} must be a positive integer", key, where));
-  *out = n->value<int64_t>().value();
-}
-
 void check_config(const Gpt2Config& c, const std::string& where) {
   if (c.n_embd % c.n_head != 0)
     throw UserError(fmt::format("{}: n_embd {} is not a multiple of n_head {}", where, c.n_embd, c.n_head));
@@ -39,11 +30,11 @@ void check_config(const Gpt2Config& c, const std::string& where) {
 Gpt2Config parse_gpt2_config(const toml::table& table, const std::string& where) {
   check_keys(table, {"vocab_size", "n_positions", "n_layer", "n_head", "n_embd"}, where + " [gpt2]");
   Gpt2Config c;
-  read_positive(table, "vocab_size", &c.vocab_size, where);
-  read_positive(table, "n_positions", &c.n_positions, where);
-  read_positive(table, "n_layer", &c.n_layer, where);
-  read_positive(table, "n_head", &c.n_head, where);
-  read_positive(table, "n_embd", &c.n_embd, where);
+  c.vocab_size = read_positive_int(table, "gpt2", "vocab_size", where, c.vocab_size);
+  c.n_positions = read_positive_int(table, "gpt2", "n_positions", where, c.n_positions);
+  c.n_layer = read_positive_int(table, "gpt2", "n_layer", where, c.n_layer);
+  c.n_head = read_positive_int(table, "gpt2", "n_head", where, c.n_head);
+  c.n_embd = read_positive_int(table, "gpt2", "n_embd", where, c.n_embd);
   check_config(c, where);
   return c;
 }

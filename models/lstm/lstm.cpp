@@ -12,13 +12,8 @@ CharLstmOptions parse_lstm_options(const toml::table& table, const std::string& 
   check_keys(table, {"vocab_size", "embedding", "hidden", "layers"}, where + " [lstm]");
   CharLstmOptions o;
   for (auto [key, field] : {std::pair{"vocab_size", &o.vocab_size}, std::pair{"embedding", &o.embedding},
-                            std::pair{"hidden", &o.hidden}, std::pair{"layers", &o.layers}}) {
-    const toml::node* n = table.get(key);
-    if (!n) continue;
-    if (!n->is_integer() || n->value<int64_t>().value() <= 0)
-      throw UserError(fmt::format("lstm.{} in {} must be a positive integer", key, where));
-    *field = n->value<int64_t>().value();
-  }
+                            std::pair{"hidden", &o.hidden}, std::pair{"layers", &o.layers}})
+    *field = read_positive_int(table, "lstm", key, where, *field);
   if (o.vocab_size > 65536)
     throw UserError(fmt::format("lstm.vocab_size {} in {} does not fit the uint16 token files", o.vocab_size, where));
   return o;

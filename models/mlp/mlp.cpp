@@ -12,16 +12,8 @@ MlpOptions parse_mlp_options(const toml::table& table, int64_t in_features, int6
   MlpOptions o;
   o.in_features = in_features;
   o.classes = classes;
-  if (const toml::node* n = table.get("hidden")) {
-    const toml::array* a = n->as_array();
-    if (!a) throw UserError(fmt::format("mlp.hidden in {} must be an array of widths, e.g. [256, 128]", where));
-    o.hidden.clear();
-    for (const toml::node& w : *a) {
-      if (!w.is_integer() || w.value<int64_t>().value() <= 0)
-        throw UserError(fmt::format("mlp.hidden in {} must hold positive integers", where));
-      o.hidden.push_back(w.value<int64_t>().value());
-    }
-  }
+  o.hidden = read_positive_list(table, "mlp", "hidden", where, /*allow_empty=*/true,
+                                "an array of widths, e.g. [256, 128]", o.hidden);
   if (const toml::node* n = table.get("activation")) {
     o.activation = n->value<std::string>().value_or("");
     if (o.activation != "relu" && o.activation != "gelu")
