@@ -12,6 +12,7 @@
 // add up; activation gradients need no zeroing at all.
 #pragma once
 
+#include <algorithm>
 #include <initializer_list>
 #include <string>
 
@@ -80,6 +81,11 @@ struct ScratchArg {
   int64_t elems;
   const char* sizer;
 };
+
+// Floats of an f32 scratch tensor that holds `bytes` (a library's
+// workspace size): rounded up, and at least one, so the tensor is never
+// empty.
+inline int64_t scratch_floats(int64_t bytes) { return std::max<int64_t>(1, (bytes + 3) / 4); }
 
 // The data tensors of one call of such a family, after the family checked
 // its shape struct (described by `shape_text`): required tensors are

@@ -136,13 +136,13 @@ void conv2d_backward_filter(void* dweight, void* dbias, const void* dout, const 
 // `dtype` on `device` need: conv2d_workspace_elems(s) on the CPU, whatever
 // the dtype (the CPU takes f32 only, and its check says so); on CUDA the
 // largest cuDNN workspace of the three directions, rounded up to floats (at
-// least one, so the tensor is never empty).
+// least one, so the tensor is never empty: scratch_floats).
 inline int64_t conv2d_workspace_elems(const Conv2dShape& s, DType dtype, Device device) {
   if (device.is_cpu()) return conv2d_workspace_elems(s);
   check_conv2d_shape(s);
   int64_t bytes = 0;
   TANDEM_CUDA_ONLY(bytes = cuda::conv2d_workspace_bytes(s, dtype, device.index));
-  return std::max<int64_t>(1, (bytes + 3) / 4);
+  return scratch_floats(bytes);
 }
 
 namespace conv2d_detail {

@@ -158,14 +158,14 @@ inline int64_t lstm_reserve_elems(const LstmShape& s, DType dtype, Device device
   check_lstm_shape(s);
   int64_t bytes = 0;
   TANDEM_CUDA_ONLY(bytes = cuda::lstm_reserve_bytes(s, dtype, device.index));
-  return std::max<int64_t>(1, (bytes + 3) / 4);
+  return scratch_floats(bytes);
 }
 inline int64_t lstm_workspace_elems(const LstmShape& s, DType dtype, Device device) {
   if (device.is_cpu()) return lstm_workspace_elems(s);
   check_lstm_shape(s);
   int64_t bytes = 0;
   TANDEM_CUDA_ONLY(bytes = cuda::lstm_workspace_bytes(s, dtype, device.index));
-  return std::max<int64_t>(1, (bytes + 3) / 4);
+  return scratch_floats(bytes);
 }
 
 namespace lstm_detail {

@@ -5,6 +5,7 @@
 #include <cstring>
 
 #include "kernels/attention.h"
+#include "support/attention_dims.h"
 #include "support/testing.h"
 
 using namespace tandem;
@@ -14,13 +15,7 @@ namespace {
 
 using Vec = std::vector<float>;
 
-struct Dims {
-  int64_t B, T, NH, HS;
-  int64_t C() const { return NH * HS; }
-  Shape qkv() const { return {B, T, 3 * C()}; }
-  Shape out() const { return {B, T, C()}; }
-  Shape lse() const { return {B, NH, T}; }
-};
+using Dims = AttentionDims;
 
 struct Inputs {
   Vec qkv, dout;  // (B, T, 3C), (B, T, C)
