@@ -1,9 +1,12 @@
 // tandem train: reads a config, builds the model it names, trains it.
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <memory>
+#include <utility>
+#include <vector>
 
 #include "collectives/watchdog.h"
 #include "models/cnn/cnn.h"
@@ -137,20 +140,24 @@ TrainSummary train_gpt2(const TrainConfig& config, const TrainArgs& args, const 
   return train(config, gpt2, gpt2.params, task, outputs, pg);
 }
 
+using TrainModel = TrainSummary (*)(const TrainConfig&, const TrainArgs&, const parallel::ProcessGroup&);
+
+// Each `model` a config may name, in the order the error lists them.
+const std::vector<std::pair<std::string, TrainModel>> kModels = {
+    {"mlp", train_mlp}, {"cnn", train_cnn}, {"resnet", train_resnet}, {"lstm", train_lstm}, {"gpt2", train_gpt2}};
+
 void run_train(const TrainArgs& args) {
   TrainConfig config = load_train_config(args.config, args.overrides);
-  if (config.model != "mlp" && config.model != "cnn" && config.model != "resnet" && config.model != "lstm" &&
-      config.model != "gpt2")
-    throw UserError(fmt::format("model '{}' in {} is not known (available: mlp, cnn, resnet, lstm, gpt2)",
-                                config.model, args.config));
+  auto model = std::find_if(kModels.begin(), kModels.end(), [&](const auto& m) { return m.first == config.model; });
+  if (model == kModels.end()) {
+    std::string names;
+    for (const auto& m : kModels) names += (names.empty() ? "" : ", ") + m.first;
+    throw UserError(fmt::format("model '{}' in {} is not known (available: {})", config.model, args.config, names));
+  }
   auto timeout = collectives::Millis(static_cast<int64_t>(config.comm_timeout * 1000));
   WatchdogGuard watchdog;
   parallel::ProcessGroup pg = parallel::init_process_group(config.backend, resolve_device(config.device), timeout);
-  TrainSummary s = config.model == "mlp"   ? train_mlp(config, args, pg)
-                   : config.model == "cnn"  ? train_cnn(config, args, pg)
-                   : config.model == "resnet" ? train_resnet(config, args, pg)
-                   : config.model == "lstm" ? train_lstm(config, args, pg)
-                                            : train_gpt2(config, args, pg);
+  TrainSummary s = model->second(config, args, pg);
   if (pg.rank() == 0) print_summary(s);
 }
 
