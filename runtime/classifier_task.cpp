@@ -20,32 +20,20 @@ ImageBatch::ImageBatch(int64_t batch, int64_t features, const Context& ctx)
   y = Tensor::empty({batch}, DType::i32, ctx.device);
 }
 
-void ImageBatch::fill(const ImageDataset& data, const int64_t* indices, int64_t count, const Context& ctx) {
+void ImageBatch::fill(const ImageDataset& data, const int64_t* indices, int64_t count, const Context& ctx,
+                      const AugmentOptions& augment, uint64_t seed, int64_t epoch) {
   int64_t f = data.features();
   float* xp = x_host.data_as<float>();
   int32_t* yp = y_host.data_as<int32_t>();
   for (int64_t i = 0; i < count; i++) {
-    std::memcpy(xp + i * f, data.images.data() + indices[i] * f, f * sizeof(float));
+    const float* image = data.images.data() + indices[i] * f;
+    if (augment.enabled())
+      augment_image(xp + i * f, image, data.rows, data.cols, data.black, augment.crop_padding,
+                    draw_augment(augment, seed, epoch, indices[i]));
+    else
+      std::memcpy(xp + i * f, image, f * sizeof(float));
     yp[i] = data.labels[indices[i]];
   }
-  to_device(ctx);
-}
-
-void ImageBatch::fill_augmented(const ImageDataset& data, const int64_t* indices, int64_t count,
-                                const AugmentOptions& options, uint64_t seed, int64_t epoch, const Context& ctx) {
-  int64_t f = data.features();
-  float* xp = x_host.data_as<float>();
-  int32_t* yp = y_host.data_as<int32_t>();
-  for (int64_t i = 0; i < count; i++) {
-    AugmentDraw draw = draw_augment(options, seed, epoch, indices[i]);
-    augment_image(xp + i * f, data.images.data() + indices[i] * f, data.rows, data.cols, data.black,
-                  options.crop_padding, draw);
-    yp[i] = data.labels[indices[i]];
-  }
-  to_device(ctx);
-}
-
-void ImageBatch::to_device(const Context& ctx) {
   if (ctx.device.is_cpu()) return;
   x_f32.copy_from(x_host, ctx.stream);
   y.copy_from(y_host, ctx.stream);
@@ -60,10 +48,7 @@ ClassifierTask::ClassifierTask(const ImageDataset& train, const ImageDataset& te
 void ClassifierTask::load(int64_t index, Context& ctx) {
   std::vector<int64_t> indices = sampler_.batch(index);
   if (!batch_) batch_.emplace(batch_size_, train_.features(), ctx);
-  if (augment_.enabled())
-    batch_->fill_augmented(train_, indices.data(), batch_size_, augment_, seed_, index / batches_per_epoch(), ctx);
-  else
-    batch_->fill(train_, indices.data(), batch_size_, ctx);
+  batch_->fill(train_, indices.data(), batch_size_, ctx, augment_, seed_, index / batches_per_epoch());
 }
 
 nlohmann::json ClassifierTask::evaluate(Module& model, Context& ctx, const parallel::ProcessGroup&) {

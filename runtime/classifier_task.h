@@ -17,16 +17,13 @@ namespace tandem {
 // same tensors on CPU, device copies (in the compute dtype) on CUDA.
 struct ImageBatch {
   ImageBatch(int64_t batch, int64_t features, const Context& ctx);
-  // Gathers samples `indices[0, count)` of `data` and moves them to the device.
-  void fill(const ImageDataset& data, const int64_t* indices, int64_t count, const Context& ctx);
-  // The same, each image augmented with the draw for (seed, epoch, its index).
-  void fill_augmented(const ImageDataset& data, const int64_t* indices, int64_t count, const AugmentOptions& options,
-                      uint64_t seed, int64_t epoch, const Context& ctx);
+  // Gathers samples `indices[0, count)` of `data` and moves them to the
+  // device; with `augment` enabled, each image augmented with the draw for
+  // (seed, epoch, its index).
+  void fill(const ImageDataset& data, const int64_t* indices, int64_t count, const Context& ctx,
+            const AugmentOptions& augment = {}, uint64_t seed = 0, int64_t epoch = 0);
 
   Tensor x_host, y_host, x_f32, x, y;
-
- private:
-  void to_device(const Context& ctx);
 };
 
 class ClassifierTask : public TrainTask {

@@ -71,7 +71,7 @@ TEST_CASE("an augmented batch holds the same images on 1 and on 2 ranks", "[augm
     EpochSampler sampler(data.count, 8 / world, 5, rank, world);
     std::vector<int64_t> idx = sampler.batch(step);
     ImageBatch b(8 / world, 16, ctx);
-    b.fill_augmented(data, idx.data(), 8 / world, o, 5, step / sampler.steps_per_epoch(), ctx);
+    b.fill(data, idx.data(), 8 / world, ctx, o, 5, step / sampler.steps_per_epoch());
     return b.x.to_vector();
   };
   for (int64_t step : {0, 1, 2, 5}) {
