@@ -113,6 +113,13 @@ constexpr int64_t kImageFeatures = 28 * 28, kImageClasses = 10;
 
 bool is_gpt2(const std::string& model) { return model.rfind("gpt2-", 0) == 0; }
 
+const std::vector<std::string> kModelNames = {"gpt2-124m", "gpt2-350m", "gpt2-tiny", "lstm", "cnn", "resnet"};
+
+[[noreturn]] void unknown_model(const std::string& name) {
+  throw UserError(fmt::format("unknown model '{}' (expected gpt2-124m, gpt2-350m, gpt2-tiny, lstm, cnn or resnet)",
+                              name));
+}
+
 // Per device: the batch the model trains with on the CPU (its config's),
 // and one that keeps a GPU busy.
 int64_t default_batch(const std::string& model, bool gpu) {
@@ -226,8 +233,7 @@ Subject make_subject(const ModelBenchOptions& o) {
     s.config = {{"channels", c.channels}, {"blocks", c.blocks}};
     image_batch(s, o, c.classes, m->forward_flops_per_image);
   } else {
-    throw UserError(fmt::format("unknown model '{}' (expected gpt2-124m, gpt2-350m, gpt2-tiny, lstm, cnn or resnet)",
-                                o.model));
+    unknown_model(o.model);
   }
   return s;
 }
@@ -262,8 +268,7 @@ models::Gpt2Config gpt2_preset(const std::string& name) {
     c.n_embd = 128;
     return c;
   }
-  throw UserError(fmt::format("unknown model '{}' (expected gpt2-124m, gpt2-350m, gpt2-tiny, lstm, cnn or resnet)",
-                              name));
+  unknown_model(name);
 }
 
 models::CharLstmOptions lstm_preset() {
@@ -299,7 +304,8 @@ ModelBenchReport run_model_bench(const ModelBenchOptions& options) {
                                   cuda_device_count()));
     set_current_device(device);
   }
-  if (options.model != "lstm" && options.model != "cnn" && options.model != "resnet") gpt2_preset(options.model);
+  if (std::find(kModelNames.begin(), kModelNames.end(), options.model) == kModelNames.end())
+    unknown_model(options.model);
   ModelBenchOptions o = resolve(options, device);
   if (device.is_cpu() && is_gpt2(o.model) && o.model != "gpt2-tiny")
     log_warn("{} on the CPU: {} parameters, expect seconds per step and several GB of memory; gpt2-tiny is the "
