@@ -1,6 +1,7 @@
 #include "runtime/classifier_task.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 
 #include "kernels/cast.h"
@@ -52,16 +53,18 @@ void ClassifierTask::load(int64_t index, Context& ctx) {
 }
 
 nlohmann::json ClassifierTask::evaluate(Module& model, Context& ctx, const parallel::ProcessGroup&) {
-  return {{"test_accuracy", evaluate_accuracy(model, test_, 1000, ctx)}};
+  ClassifierScore score = evaluate_classifier(model, test_, 1000, ctx);
+  return {{"test_accuracy", score.accuracy}, {"test_loss", score.loss}};
 }
 
-double evaluate_accuracy(Module& model, const ImageDataset& data, int64_t batch_size, Context& ctx) {
+ClassifierScore evaluate_classifier(Module& model, const ImageDataset& data, int64_t batch_size, Context& ctx) {
   bool was_training = ctx.training;
   ctx.training = false;
   ImageBatch batch(batch_size, data.features(), ctx);
   std::vector<int64_t> indices(data.count);
   for (int64_t i = 0; i < data.count; i++) indices[i] = i;
   int64_t correct = 0;
+  double loss = 0;
   for (int64_t begin = 0; begin < data.count; begin += batch_size) {
     int64_t count = std::min(batch_size, data.count - begin);
     batch.fill(data, indices.data() + begin, count, ctx);
@@ -72,11 +75,16 @@ double evaluate_accuracy(Module& model, const ImageDataset& data, int64_t batch_
     for (int64_t i = 0; i < count; i++) {
       const float* row = host.data() + i * classes;
       int64_t best = std::max_element(row, row + classes) - row;
-      correct += best == data.labels[begin + i];
+      int32_t label = data.labels[begin + i];
+      correct += best == label;
+      double sum = 0;  // log-sum-exp, shifted by the largest logit
+      for (int64_t c = 0; c < classes; c++) sum += std::exp(static_cast<double>(row[c]) - row[best]);
+      loss += std::log(sum) + row[best] - row[label];
     }
   }
   ctx.training = was_training;
-  return static_cast<double>(correct) / static_cast<double>(data.count);
+  auto n = static_cast<double>(data.count);
+  return {.loss = loss / n, .accuracy = static_cast<double>(correct) / n};
 }
 
 }  // namespace tandem

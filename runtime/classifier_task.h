@@ -50,7 +50,14 @@ class ClassifierTask : public TrainTask {
   std::optional<ImageBatch> batch_;  // made by the first load, on its context's device
 };
 
-// Fraction of `data` classified correctly, in batches of `batch_size`.
-double evaluate_accuracy(Module& model, const ImageDataset& data, int64_t batch_size, Context& ctx);
+// A classifier judged on a whole data set, as PyTorch users report it: the
+// mean cross-entropy of the logits (nats, summed in float64) and the
+// fraction classified correctly.
+struct ClassifierScore {
+  double loss = 0, accuracy = 0;
+};
+
+// `model` in evaluation mode over all of `data`, in batches of `batch_size`.
+ClassifierScore evaluate_classifier(Module& model, const ImageDataset& data, int64_t batch_size, Context& ctx);
 
 }  // namespace tandem

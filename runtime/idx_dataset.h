@@ -26,5 +26,6 @@ ImageDataset load_idx_dataset(const std::string& images_path, const std::string&
 // The train or test split of Fashion-MNIST under `dir`
 // (train-images-idx3-ubyte.gz, ...; also accepts the files without .gz).
 ImageDataset load_fashion_mnist(const std::string& dir, bool train);
+constexpr int64_t kFashionMnistClasses = 10;
 
 }  // namespace tandem

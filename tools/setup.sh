@@ -4,12 +4,21 @@
 # touched at all when nothing is missing. Says what it found (nvcc or not).
 set -euo pipefail
 
+# clang's sanitizer runtimes are packaged per clang version: the one Debian's
+# "clang" depends on (14 on Debian 12, 19 on Debian 13).
+clang_major() {
+  local v
+  v=$(apt-cache depends clang 2>/dev/null | sed -n 's/.*Depends: clang-\([0-9][0-9]*\)$/\1/p' | head -n 1)
+  echo "${v:-14}"
+}
+
 packages=(
   build-essential cmake ninja-build ccache pkg-config zlib1g-dev
   catch2 libfmt-dev libopenblas-dev libcli11-dev libtomlplusplus-dev
   nlohmann-json3-dev libgloo-dev libssl-dev dataset-fashion-mnist
   fortunes  # English text for the language models (tandem data tokenize)
-  clang libclang-rt-14-dev  # libFuzzer and clang's sanitizer runtimes (tools/sanitize.sh)
+  python3-torch python3-numpy  # PyTorch loads tandem's checkpoints (tests/e2e/torch_eval.cpp)
+  clang "libclang-rt-$(clang_major)-dev"  # libFuzzer and clang's sanitizer runtimes (tools/sanitize.sh)
 )
 
 missing=()

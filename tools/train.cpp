@@ -9,15 +9,13 @@
 #include <vector>
 
 #include "collectives/watchdog.h"
-#include "models/cnn/cnn.h"
-#include "models/cnn/resnet.h"
 #include "models/gpt2/hf_checkpoint.h"
 #include "models/lstm/lstm.h"
-#include "models/mlp/mlp.h"
 #include "runtime/core/log.h"
 #include "runtime/lm_task.h"
 #include "runtime/trainer.h"
 #include "tools/commands.h"
+#include "tools/image_models.h"
 
 namespace tandem::tools {
 
@@ -54,12 +52,11 @@ struct WatchdogGuard {
   WatchdogGuard& operator=(const WatchdogGuard&) = delete;
 };
 
-// Under `tandem launch --max-restarts`, a restarted job continues from its
-// newest valid checkpoint; a first attempt starts fresh unless asked.
-std::string default_resume() {
-  const char* restarts = std::getenv("TANDEM_RESTART_COUNT");
-  return restarts && std::atoi(restarts) > 0 ? "auto" : "none";
-}
+// Under `tandem launch` (which sets TANDEM_RESTART_COUNT, 0 on the first
+// attempt) a job continues from the newest valid checkpoint in --ckpt-dir,
+// so a restarted or relaunched job loses nothing; by hand it starts fresh
+// unless asked.
+std::string default_resume() { return std::getenv("TANDEM_RESTART_COUNT") ? "auto" : "none"; }
 
 TrainOutputs train_outputs(const TrainArgs& args) {
   return {.metrics_out = args.metrics_out,
@@ -78,37 +75,14 @@ void print_summary(const TrainSummary& s) {
   fmt::print("{}\n", summary.dump());
 }
 
-// Fashion-MNIST, for the image classifiers (the mlp and the cnn).
-struct Images {
-  ImageDataset train, test;
-};
-
-Images load_images(const TrainConfig& config, const TrainArgs& args) {
-  if (config.data != "fashion-mnist")
-    throw UserError(fmt::format("data '{}' in {} is not known for the {} (available: fashion-mnist)", config.data,
-                                args.config, config.model));
-  Images images{load_fashion_mnist(config.data_dir, /*train=*/true), load_fashion_mnist(config.data_dir, false)};
-  log_info("loaded Fashion-MNIST from {}: {} train, {} test images", config.data_dir, images.train.count,
-           images.test.count);
-  return images;
-}
-
-TrainSummary train_mlp(const TrainConfig& config, const TrainArgs& args, const parallel::ProcessGroup& pg) {
-  Images images = load_images(config, args);
-  models::Mlp mlp(models::parse_mlp_options(config.model_options, images.train.features(), 10, args.config));
-  return train_classifier(config, mlp.net, mlp.params, images.train, images.test, train_outputs(args), pg);
-}
-
-TrainSummary train_cnn(const TrainConfig& config, const TrainArgs& args, const parallel::ProcessGroup& pg) {
-  Images images = load_images(config, args);
-  models::Cnn cnn(models::parse_cnn_options(config.model_options, images.train.features(), 10, args.config));
-  return train_classifier(config, cnn.net, cnn.params, images.train, images.test, train_outputs(args), pg);
-}
-
-TrainSummary train_resnet(const TrainConfig& config, const TrainArgs& args, const parallel::ProcessGroup& pg) {
-  Images images = load_images(config, args);
-  models::ResNet resnet(models::parse_resnet_options(config.model_options, images.train.features(), 10, args.config));
-  return train_classifier(config, resnet.net, resnet.params, images.train, images.test, train_outputs(args), pg);
+// The image classifiers (mlp, cnn, resnet) on Fashion-MNIST.
+TrainSummary train_images(const TrainConfig& config, const TrainArgs& args, const parallel::ProcessGroup& pg) {
+  ImageDataset train = load_image_split(config.data, config.data_dir, /*train=*/true, config.model, args.config);
+  ImageDataset test = load_image_split(config.data, config.data_dir, /*train=*/false, config.model, args.config);
+  log_info("loaded Fashion-MNIST from {}: {} train, {} test images", config.data_dir, train.count, test.count);
+  std::unique_ptr<models::ImageClassifier> model =
+      make_image_classifier(config.model, config.model_options, train.features(), kFashionMnistClasses, args.config);
+  return train_classifier(config, model->net, model->params, train, test, train_outputs(args), pg);
 }
 
 TrainSummary train_lstm(const TrainConfig& config, const TrainArgs& args, const parallel::ProcessGroup& pg) {
@@ -144,7 +118,7 @@ using TrainModel = TrainSummary (*)(const TrainConfig&, const TrainArgs&, const 
 
 // Each `model` a config may name, in the order the error lists them.
 const std::vector<std::pair<std::string, TrainModel>> kModels = {
-    {"mlp", train_mlp}, {"cnn", train_cnn}, {"resnet", train_resnet}, {"lstm", train_lstm}, {"gpt2", train_gpt2}};
+    {"mlp", train_images}, {"cnn", train_images}, {"resnet", train_images}, {"lstm", train_lstm}, {"gpt2", train_gpt2}};
 
 void run_train(const TrainArgs& args) {
   TrainConfig config = load_train_config(args.config, args.overrides);
@@ -170,9 +144,18 @@ void add_train_command(CLI::App& app) {
   cmd->add_option("--set", args->overrides, "Override a config key: --set lr=0.01 --set mlp.hidden=[128]");
   cmd->add_option("--metrics-out", args->metrics_out, "Write one JSON object per logged step to this file");
   cmd->add_option("--ckpt-dir", args->ckpt_dir, "Write checkpoints under this directory");
+  // Shorthands for the config keys, as other launchers spell them.
+  cmd->add_option_function<int64_t>(
+         "--ckpt-every", [args](int64_t n) { args->overrides.push_back(fmt::format("ckpt_every={}", n)); },
+         "Checkpoint every N steps, and at the end (the config's ckpt_every)")
+      ->check(CLI::NonNegativeNumber);
+  cmd->add_option_function<std::string>(
+      "--init-from",
+      [args](const std::string& dir) { args->overrides.push_back("init_from=" + nlohmann::json(dir).dump()); },
+      "Start GPT-2 from a Hugging Face directory's weights (config.json + model.safetensors; the config's init_from)");
   cmd->add_option("--resume", args->resume,
                   "auto (the newest valid checkpoint in --ckpt-dir), none, or a checkpoint directory "
-                  "(default: auto when tandem launch restarted the job, else none)");
+                  "(default: auto under tandem launch, else none)");
   cmd->add_option("--keep", args->keep, "Keep only the newest K checkpoints (default: all)")->check(CLI::NonNegativeNumber);
   cmd->add_option("--trace-out", args->trace_out,
                   "Write a Chrome/Perfetto trace (forward/backward per module, all-reduce per bucket)");

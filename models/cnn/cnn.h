@@ -10,8 +10,7 @@
 #include <toml++/toml.h>
 #include <vector>
 
-#include "runtime/layers.h"
-#include "runtime/parameters.h"
+#include "models/image_classifier.h"
 
 namespace tandem::models {
 
@@ -31,11 +30,8 @@ int64_t square_image_side(int64_t features, const char* model);
 // Reads the [cnn] table (channels, hidden, dropout, batchnorm); `where` names the config in errors.
 CnnOptions parse_cnn_options(const toml::table& table, int64_t in_features, int64_t classes, const std::string& where);
 
-struct Cnn {
+struct Cnn : ImageClassifier {
   explicit Cnn(const CnnOptions& options);
-  ParameterSet params;
-  Sequential net;
-  double forward_flops_per_image = 0;  // convolutions and linears, 2 per multiply-add
 };
 
 }  // namespace tandem::models

@@ -15,8 +15,8 @@
 #include <toml++/toml.h>
 #include <vector>
 
+#include "models/image_classifier.h"
 #include "runtime/layers.h"
-#include "runtime/parameters.h"
 
 namespace tandem::models {
 
@@ -48,11 +48,8 @@ class BasicBlock : public Module {
   Tensor sum_, grad_input_;
 };
 
-struct ResNet {
+struct ResNet : ImageClassifier {
   explicit ResNet(const ResNetOptions& options);
-  ParameterSet params;
-  Sequential net;
-  double forward_flops_per_image = 0;  // convolutions and fc, 2 per multiply-add
 };
 
 }  // namespace tandem::models

@@ -28,6 +28,7 @@ Mlp::Mlp(const MlpOptions& o) {
   int64_t width = o.in_features;
   for (int64_t h : o.hidden) {
     net.add(std::make_unique<Linear>(params, fmt::format("layers.{}", index++), width, h));
+    forward_flops_per_image += 2.0 * static_cast<double>(width * h);
     if (o.activation == "gelu")
       net.add(std::make_unique<GELU>());
     else
@@ -40,6 +41,7 @@ Mlp::Mlp(const MlpOptions& o) {
     width = h;
   }
   net.add(std::make_unique<Linear>(params, fmt::format("layers.{}", index), width, o.classes));
+  forward_flops_per_image += 2.0 * static_cast<double>(width * o.classes);
 }
 
 }  // namespace tandem::models

@@ -7,8 +7,7 @@
 #include <toml++/toml.h>
 #include <vector>
 
-#include "runtime/layers.h"
-#include "runtime/parameters.h"
+#include "models/image_classifier.h"
 
 namespace tandem::models {
 
@@ -24,10 +23,8 @@ struct MlpOptions {
 // config in errors. in_features/classes come from the data set.
 MlpOptions parse_mlp_options(const toml::table& table, int64_t in_features, int64_t classes, const std::string& where);
 
-struct Mlp {
+struct Mlp : ImageClassifier {
   explicit Mlp(const MlpOptions& options);
-  ParameterSet params;
-  Sequential net;
 };
 
 }  // namespace tandem::models

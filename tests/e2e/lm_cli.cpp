@@ -13,7 +13,9 @@
 
 #include "runtime/token_file.h"
 #include "support/gpt2_reference.h"
+#include "support/json_output.h"
 #include "support/process.h"
+#include "support/python.h"
 #include "support/testing.h"
 
 using namespace tandem;
@@ -21,16 +23,6 @@ using namespace tandem::testing;
 namespace fs = std::filesystem;
 
 namespace {
-
-// The last line of `output` that parses as a JSON object.
-nlohmann::json last_json(const std::string& output) {
-  nlohmann::json found;
-  std::istringstream in(output);
-  for (std::string line; std::getline(in, line);)
-    if (line.starts_with("{")) found = nlohmann::json::parse(line, nullptr, false);
-  REQUIRE(found.is_object());
-  return found;
-}
 
 // A scratch directory with token files made by `tandem data tokenize` from
 // some English text, and a small config that trains on them in seconds.
@@ -128,9 +120,41 @@ TEST_CASE("tandem train trains GPT-2 on token files; the same seed gives the sam
   REQUIRE(model.tensors.at("transformer.h.0.attn.c_attn.weight").shape() == Shape{16, 48});
   REQUIRE(model.tensors.at("transformer.h.1.mlp.c_proj.weight").shape() == Shape{64, 16});
 
+  // The same seed: the same checkpoint, every file of it (weights, optimizer
+  // state, manifest, config.json) byte for byte.
   ShellResult second = w.train("--ckpt-dir " + b);
   REQUIRE(second.exit_code == 0);
-  REQUIRE(read_bytes(step / "model.safetensors") == read_bytes(fs::path(b) / "step_00000012" / "model.safetensors"));
+  int files = 0;
+  for (const fs::directory_entry& f : fs::directory_iterator(step)) {
+    INFO(f.path());
+    REQUIRE(read_bytes(f.path()) == read_bytes(fs::path(b) / "step_00000012" / f.path().filename()));
+    files++;
+  }
+  REQUIRE(files >= 4);
+}
+
+TEST_CASE("tandem train --init-from starts GPT-2 from a Hugging Face directory's weights", "[e2e][gpt2]") {
+  Workspace w;
+  std::string first = (w.dir / "first").string(), hf = first + "/step_00000012";
+  REQUIRE(w.train("--ckpt-dir " + first).exit_code == 0);
+  // The first logged loss is the loaded weights' loss on the first training
+  // batch, before any update: what tandem eval computes for that batch.
+  std::string metrics = (w.dir / "m.jsonl").string();
+  ShellResult r = w.train(fmt::format("--init-from {} --set max_steps=1 --set log_every=1 --metrics-out {}", hf, metrics));
+  INFO(r.output);
+  REQUIRE(r.exit_code == 0);
+  REQUIRE(r.output.find("starting from the weights in " + hf) != std::string::npos);
+  double step1 = nlohmann::json::parse(read_bytes(metrics).substr(0, read_bytes(metrics).find('\n')))["loss"];
+  ShellResult eval = run_tandem(fmt::format("eval --checkpoint {} --data {}/text_train.bin --batch-size 4 --seq-len 16 "
+                                            "--batches 1",
+                                            hf, w.dir.string()));
+  INFO(eval.output);
+  REQUIRE(step1 == last_json(eval.output)["loss"].get<double>());
+  REQUIRE(step1 < std::log(256.0) - 0.1);  // trained weights, not a fresh model's
+
+  ShellResult missing = w.train("--init-from " + (w.dir / "nowhere").string());
+  REQUIRE(missing.exit_code == 2);
+  REQUIRE(missing.output.find("nowhere") != std::string::npos);
 }
 
 TEST_CASE("a GPT-2 run killed and resumed ends bitwise identical to an uninterrupted one", "[e2e][gpt2]") {
@@ -197,14 +221,15 @@ TEST_CASE("GPT-2 trains data-parallel under tandem launch", "[e2e][gpt2]") {
 }
 
 TEST_CASE("transformers' GPT2LMHeadModel loads a tandem checkpoint and agrees with tandem eval", "[e2e][gpt2]") {
-  // Needs torch and transformers (not Debian packages): TANDEM_PYTHON names
-  // an interpreter that has them; without them the test says so and skips.
-  const char* python = std::getenv("TANDEM_PYTHON");
-  std::string interpreter = python ? python : "python3";
-  if (run_shell(interpreter + " -c 'import torch, transformers' 2>/dev/null").exit_code != 0) {
-    WARN("SKIPPED: " << interpreter << " has no torch and transformers (set TANDEM_PYTHON)");
+  // Needs torch and transformers (transformers is not a Debian package):
+  // TANDEM_PYTHON names an interpreter that has them; without them the test
+  // says so and skips.
+  std::optional<std::string> python = python_with("torch, transformers");
+  if (!python) {
+    WARN("SKIPPED: no python3 with torch and transformers (set TANDEM_PYTHON)");
     return;
   }
+  std::string interpreter = *python;
   Workspace w;
   std::string ckpt = (w.dir / "ckpt").string();
   REQUIRE(w.train("--ckpt-dir " + ckpt).exit_code == 0);

@@ -1,9 +1,11 @@
-// tandem eval:     the mean next-token loss of a language model checkpoint on a token file.
+// tandem eval:     the mean next-token loss of a language model checkpoint on
+//                  a token file, or an image classifier's loss and accuracy
+//                  on its test set.
 // tandem generate: text sampled from a byte-level language model checkpoint.
 // --checkpoint takes a GPT-2 Hugging Face directory (config.json +
 // model.safetensors: one of tandem's step directories, or transformers'
-// save_pretrained output), a tandem step directory of another language
-// model (the lstm: its config is in the manifest), or a checkpoint
+// save_pretrained output), a tandem step directory of another model (the
+// lstm, mlp, cnn or resnet: its config is in the manifest), or a checkpoint
 // directory, whose newest valid step is used.
 #include <fmt/format.h>
 
@@ -17,10 +19,12 @@
 #include "models/lstm/lstm.h"
 #include "runtime/checkpoint.h"
 #include "runtime/byte_tokenizer.h"
+#include "runtime/classifier_task.h"
 #include "runtime/core/philox.h"
 #include "runtime/lm_task.h"
 #include "runtime/resume.h"
 #include "tools/commands.h"
+#include "tools/image_models.h"
 
 namespace tandem::tools {
 
@@ -49,6 +53,41 @@ std::string model_dir(const std::string& dir) {
   return *newest;
 }
 
+// The context a checkpoint is evaluated in: --device and --dtype, eval mode.
+Context eval_context(const ModelArgs& args) {
+  Context ctx;
+  ctx.device = resolve_device(args.device);
+  ctx.dtype = parse_dtype(args.dtype);
+  if (ctx.device.is_cuda()) {
+    require_cuda("--device cuda");
+    set_current_device(ctx.device);
+  } else if (ctx.dtype != DType::f32) {
+    throw UserError("--dtype bf16 needs --device cuda; the CPU path computes in f32");
+  }
+  ctx.stream = Stream::create(ctx.device);
+  ctx.training = false;
+  return ctx;
+}
+
+// The config a tandem step directory was trained with (its manifest's,
+// verified) and the model it names.
+struct StepConfig {
+  toml::table table;
+  std::string model;
+  const toml::table& options() const {  // the model's own table: [lstm], [cnn], ...
+    static const toml::table none;
+    const toml::table* t = table[model].as_table();
+    return t ? *t : none;
+  }
+};
+
+StepConfig step_config(const std::string& step_dir) {
+  nlohmann::json manifest = verify_checkpoint(step_dir);
+  StepConfig c{toml::parse(manifest.value("config", std::string())), ""};
+  c.model = c.table["model"].value_or(std::string());
+  return c;
+}
+
 // A language model and the context it computes in (evaluation mode).
 struct Loaded {
   std::unique_ptr<models::Gpt2> gpt2;  // one of these two
@@ -61,37 +100,24 @@ struct Loaded {
 
 // The lstm of a tandem step directory: built from the config in its
 // manifest, weights from its model.safetensors.
-void load_lstm(Loaded& l, const std::string& step_dir) {
-  nlohmann::json manifest = verify_checkpoint(step_dir);
-  toml::table config = toml::parse(manifest.value("config", std::string()));
-  std::string model = config["model"].value_or(std::string());
-  if (model != "lstm")
-    throw UserError(fmt::format("{} holds a '{}' model: eval and generate take gpt2 (with config.json) or lstm",
-                                step_dir, model));
-  const toml::table* options = config["lstm"].as_table();
-  l.lstm = std::make_unique<models::CharLstm>(
-      models::parse_lstm_options(options ? *options : toml::table{}, step_dir + "/manifest.json"));
+void load_lstm(Loaded& l, const std::string& step_dir, const StepConfig& config) {
+  if (config.model != "lstm")
+    throw UserError(fmt::format("{} holds a '{}' model: generate takes gpt2 (with config.json) or lstm; eval also "
+                                "takes mlp, cnn and resnet",
+                                step_dir, config.model));
+  l.lstm = std::make_unique<models::CharLstm>(models::parse_lstm_options(config.options(), step_dir + "/manifest.json"));
   l.lstm->params.allocate(l.ctx.device, l.ctx.dtype, load_resume_point(step_dir, l.lstm->params).weights);
   l.model = &l.lstm->net;
   l.vocab_size = l.lstm->params.find("head.bias").numel();
-  l.context = config["seq_len"].value_or(int64_t{64});  // what it was trained on
+  l.context = config.table["seq_len"].value_or(int64_t{64});  // what it was trained on
 }
 
-Loaded load(const ModelArgs& args) {
+// The language model in `dir` (a step or Hugging Face directory).
+Loaded load(const ModelArgs& args, const std::string& dir) {
   Loaded l;
-  l.ctx.device = resolve_device(args.device);
-  l.ctx.dtype = parse_dtype(args.dtype);
-  if (l.ctx.device.is_cuda()) {
-    require_cuda("--device cuda");
-    set_current_device(l.ctx.device);
-  } else if (l.ctx.dtype != DType::f32) {
-    throw UserError("--dtype bf16 needs --device cuda; the CPU path computes in f32");
-  }
-  l.ctx.stream = Stream::create(l.ctx.device);
-  l.ctx.training = false;
-  std::string dir = model_dir(args.checkpoint);
+  l.ctx = eval_context(args);
   if (!fs::exists(fs::path(dir) / "config.json")) {
-    load_lstm(l, dir);
+    load_lstm(l, dir, step_config(dir));
     return l;
   }
   l.gpt2 = models::load_gpt2(dir, l.ctx.device, l.ctx.dtype);
@@ -103,19 +129,51 @@ Loaded load(const ModelArgs& args) {
 
 struct EvalArgs : ModelArgs {
   std::string data;
-  int64_t batch_size = 4, seq_len = 0, batches = 0;
+  int64_t batch_size = 0, seq_len = 0, batches = 0;  // 0: the default
 };
 
+// An image classifier's loss and accuracy on the test split of its data set
+// (the directory the config names, or --data), whole.
+void run_image_eval(const EvalArgs& args, const std::string& step_dir, const StepConfig& config) {
+  if (args.seq_len > 0 || args.batches > 0)
+    throw UserError(fmt::format("--seq-len and --batches are for language models; {} holds a {}, evaluated on its "
+                                "whole test set",
+                                step_dir, config.model));
+  std::string where = step_dir + "/manifest.json";
+  std::string data_dir = args.data.empty() ? config.table["data_dir"].value_or(std::string()) : args.data;
+  ImageDataset test = load_image_split(config.table["data"].value_or(std::string()), data_dir, /*train=*/false,
+                                       config.model, where);
+  std::unique_ptr<models::ImageClassifier> model =
+      make_image_classifier(config.model, config.options(), test.features(), kFashionMnistClasses, where);
+  Context ctx = eval_context(args);
+  ResumePoint saved = load_resume_point(step_dir, model->params);
+  model->params.allocate(ctx.device, ctx.dtype, saved.weights);
+  if (saved.buffers.defined()) model->params.buffer_values().copy_from(saved.buffers);  // batch-norm statistics
+  ClassifierScore score = evaluate_classifier(model->net, test, args.batch_size > 0 ? args.batch_size : 1000, ctx);
+  nlohmann::json out = {{"loss", score.loss}, {"accuracy", score.accuracy}, {"images", test.count}};
+  fmt::print("{}\n", out.dump());
+}
+
 void run_eval(const EvalArgs& args) {
-  Loaded l = load(args);
+  std::string dir = model_dir(args.checkpoint);
+  if (!fs::exists(fs::path(dir) / "config.json")) {
+    StepConfig config = step_config(dir);
+    if (is_image_model(config.model)) return run_image_eval(args, dir, config);
+  }
+  if (args.data.empty())
+    throw UserError(fmt::format("--data is required for the language model in {}: token file(s), e.g. "
+                                "data/fortunes_val.bin",
+                                dir));
+  Loaded l = load(args, dir);
+  int64_t B = args.batch_size > 0 ? args.batch_size : 4;
   int64_t T = args.seq_len > 0 ? args.seq_len : l.context;
   if (l.gpt2 && T > l.context)
     throw UserError(fmt::format("--seq-len {} exceeds the model's n_positions {}", T, l.context));
-  TokenLoader loader(expand_token_shards(args.data), {.batch_size = args.batch_size, .seq_len = T});
+  TokenLoader loader(expand_token_shards(args.data), {.batch_size = B, .seq_len = T});
   int64_t batches = args.batches > 0 ? std::min(args.batches, loader.num_batches()) : loader.num_batches();
   double loss = mean_token_loss(*l.model, loader, batches, l.ctx);
-  nlohmann::json out = {{"loss", loss}, {"batches", batches}, {"batch_size", args.batch_size}, {"seq_len", T},
-                        {"tokens", batches * args.batch_size * T}};
+  nlohmann::json out = {{"loss", loss}, {"batches", batches}, {"batch_size", B}, {"seq_len", T},
+                        {"tokens", batches * B * T}};
   fmt::print("{}\n", out.dump());
 }
 
@@ -141,7 +199,7 @@ int32_t sample(const std::vector<float>& logits, double temperature, float u) {
 }
 
 void run_generate(const GenerateArgs& args) {
-  Loaded l = load(args);
+  Loaded l = load(args, model_dir(args.checkpoint));
   if (l.vocab_size != kByteVocabSize)
     throw UserError(fmt::format("generate reads and writes bytes: the model's vocab_size must be {}, it is {} "
                                 "(a GPT-2 BPE model needs its tokenizer)",
@@ -173,10 +231,13 @@ void run_generate(const GenerateArgs& args) {
 
 void add_eval_command(CLI::App& app) {
   auto args = std::make_shared<EvalArgs>();
-  CLI::App* cmd = app.add_subcommand("eval", "Mean next-token loss of a GPT-2 or LSTM checkpoint on token files");
+  CLI::App* cmd = app.add_subcommand("eval", "Mean loss of a checkpoint: next-token loss of a GPT-2 or LSTM on token "
+                                            "files; loss and accuracy of an mlp, cnn or resnet on its test set");
   add_model_options(cmd, *args);
-  cmd->add_option("--data", args->data, "llm.c token file(s), a glob pattern: data/fortunes_val.bin")->required();
-  cmd->add_option("--batch-size", args->batch_size, "Sequences per batch (default 4)")->check(CLI::PositiveNumber);
+  cmd->add_option("--data", args->data, "Language models: llm.c token file(s), a glob pattern: data/fortunes_val.bin "
+                                        "(required). Image classifiers: the data directory (default: the config's)");
+  cmd->add_option("--batch-size", args->batch_size, "Sequences per batch (default 4), or images (default 1000)")
+      ->check(CLI::PositiveNumber);
   cmd->add_option("--seq-len", args->seq_len, "Tokens per sequence (default: the model's n_positions)")
       ->check(CLI::PositiveNumber);
   cmd->add_option("--batches", args->batches, "Batches to evaluate (default: the whole file)")
