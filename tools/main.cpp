@@ -6,6 +6,7 @@
 #include <CLI/CLI.hpp>
 #include <cstdio>
 #include <cstdlib>
+#include <new>
 
 #include "runtime/core/error.h"
 #include "runtime/core/log.h"
@@ -24,10 +25,18 @@ int main(int argc, char** argv) {
   tandem::tools::add_generate_command(app);
   try {
     app.parse(argc, argv);
-  } catch (const CLI::ParseError& e) {
+  } catch (const CLI::CallForHelp& e) {
     return app.exit(e);
+  } catch (const CLI::CallForAllHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::ParseError& e) {  // a missing, unknown or malformed flag: a user error like any other
+    std::fprintf(stderr, "tandem: error: %s (see --help)\n", e.what());
+    return 2;
   } catch (const tandem::UserError& e) {
     std::fprintf(stderr, "tandem: error: %s\n", e.what());
+    return 2;
+  } catch (const std::bad_alloc&) {
+    std::fprintf(stderr, "tandem: error: out of host memory: the model, batch or data set does not fit in RAM\n");
     return 2;
   } catch (const std::exception& e) {
     std::fprintf(stderr, "tandem: internal error: %s\n", e.what());

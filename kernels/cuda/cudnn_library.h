@@ -12,7 +12,7 @@
 //
 // Calls go through CUDNN_CALL(cudnnXxx, args...), which reads the pointer
 // from the table and turns a failed status into a LibraryError with
-// cuDNN's own message (cuda_check.h's CUDNN_CHECK would link libcudnn).
+// cuDNN's own message (calling cudnnXxx directly would link libcudnn).
 #pragma once
 
 #include <cuda_runtime.h>

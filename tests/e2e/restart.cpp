@@ -8,6 +8,7 @@
 #include <fmt/format.h>
 
 #include <chrono>
+#include <filesystem>
 #include <regex>
 #include <sstream>
 #include <thread>
@@ -17,6 +18,7 @@
 
 using namespace tandem::testing;
 using Clock = std::chrono::steady_clock;
+namespace fs = std::filesystem;
 
 namespace {
 
@@ -208,4 +210,29 @@ TEST_CASE("launchers with different --max-restarts refuse to start", "[e2e][rest
   INFO(r.output);
   REQUIRE(has_line(r.output, "codes 2 2"));
   REQUIRE(count(r.output, "every node needs the same") == 2);
+}
+
+TEST_CASE("a job launched again continues from its newest checkpoint (--resume auto under the launcher)",
+          "[e2e][restart]") {
+  fs::path dir = temp_dir("relaunch");
+  std::string train = fmt::format("-- {} train --config {} --set eval_every=1000 --set mlp.hidden=[16] --ckpt-every 3 "
+                                  "--ckpt-dir {}",
+                                  tandem_binary(), source_path("models/mlp/fashion.toml"), (dir / "ckpt").string());
+  ShellResult first = run_shell(launch("--master-port 0 " + train + " --set max_steps=6") + " 2>&1");
+  INFO(first.output);
+  REQUIRE(first.exit_code == 0);
+  REQUIRE(first.output.find("resuming") == std::string::npos);  // nothing to resume yet
+  ShellResult again = run_shell(launch("--master-port 0 " + train + " --set max_steps=8") + " 2>&1");
+  INFO(again.output);
+  REQUIRE(again.exit_code == 0);
+  REQUIRE(again.output.find("resuming from " + (dir / "ckpt" / "step_00000006").string()) != std::string::npos);
+  REQUIRE(again.output.find("\"steps\":8") != std::string::npos);
+  // By hand, without the launcher, a run starts fresh unless asked.
+  ShellResult by_hand = run_tandem(fmt::format("train --config {} --set eval_every=1000 --set mlp.hidden=[16] "
+                                               "--set max_steps=2 --ckpt-dir {}",
+                                               source_path("models/mlp/fashion.toml"), (dir / "ckpt").string()));
+  INFO(by_hand.output);
+  REQUIRE(by_hand.exit_code == 0);
+  REQUIRE(by_hand.output.find("resuming") == std::string::npos);
+  fs::remove_all(dir);
 }

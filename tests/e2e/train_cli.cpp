@@ -1,6 +1,7 @@
 // The `tandem train` command as a user runs it: a short run on the real
 // Fashion-MNIST files, its metrics file and checkpoint, and one clear line
 // (exit 2) for each kind of bad input.
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <fmt/format.h>
@@ -11,6 +12,7 @@
 
 #include "runtime/checkpoint.h"
 #include "runtime/safetensors.h"
+#include "support/json_output.h"
 #include "support/process.h"
 #include "support/testing.h"
 
@@ -98,9 +100,27 @@ TEST_CASE("bad input gets one clear line and exit code 2", "[e2e]") {
     REQUIRE(r.output.find(c.needle) != std::string::npos);
     REQUIRE(r.output.find("tandem: error:") != std::string::npos);
   }
-  Run missing = run_tandem("train --config /nonexistent.toml");
-  REQUIRE(missing.exit_code != 0);
-  REQUIRE(missing.output.find("nonexistent.toml") != std::string::npos);
+  // Flags as well as config values: a missing file, an unknown flag.
+  for (const std::string& args : std::vector<std::string>{"train --config /nonexistent.toml",
+                                                           "train --config " + cfg + " --learning-rate 1"}) {
+    Run r = run_tandem(args);
+    INFO(args << "\n" << r.output);
+    REQUIRE(r.exit_code == 2);
+    REQUIRE(r.output.find("tandem: error:") != std::string::npos);
+    REQUIRE(r.output.find(args.find("nonexistent") != std::string::npos ? "nonexistent.toml" : "--learning-rate") !=
+            std::string::npos);
+  }
+}
+
+TEST_CASE("the README's MLP reaches 0.85 test accuracy in one epoch", "[e2e]") {
+  if (!have_fashion_mnist()) {
+    WARN("SKIPPED: Fashion-MNIST is not installed (run tools/setup.sh)");
+    return;
+  }
+  Run r = run_tandem("train --config " + source_path("models/mlp/fashion.toml") + " --set epochs=1");
+  INFO(r.output);
+  REQUIRE(r.exit_code == 0);
+  REQUIRE(last_json(r.output)["test_accuracy"].get<double>() >= 0.85);
 }
 
 TEST_CASE("tandem bench kernels runs on the CPU and writes its JSON", "[e2e]") {
@@ -138,6 +158,17 @@ TEST_CASE("tandem ckpt verify and inspect name what they find", "[e2e][ckpt]") {
   REQUIRE(inspect.output.find("layers.0.weight") != std::string::npos);
   REQUIRE(inspect.output.find("[16, 784]") != std::string::npos);
   REQUIRE(inspect.output.find("exp_avg") != std::string::npos);
+
+  // --ckpt-every N --keep K: a checkpoint every N steps and at the end, the newest K kept.
+  fs::path kept = dir / "kept";
+  REQUIRE(run_tandem("train --config " + source_path("models/mlp/fashion.toml") +
+                     " --set max_steps=9 --set eval_every=1000 --set mlp.hidden=[16] --ckpt-every 2 --keep 2 "
+                     "--ckpt-dir " + kept.string())
+              .exit_code == 0);
+  std::vector<std::string> steps;
+  for (const fs::directory_entry& e : fs::directory_iterator(kept)) steps.push_back(e.path().filename().string());
+  std::sort(steps.begin(), steps.end());
+  REQUIRE(steps == std::vector<std::string>{"step_00000008", "step_00000009"});
 
   fs::resize_file(dir / "step_00000004" / "optimizer.safetensors", 100);
   Run bad = run_tandem("ckpt verify " + dir.string());
@@ -184,7 +215,7 @@ TEST_CASE("tandem train trains the cnn on Fashion-MNIST", "[e2e][cnn]") {
                      " --set cnn.hidden=32 --ckpt-dir " + (dir / "ckpt").string());
   INFO(r.output);
   REQUIRE(r.exit_code == 0);
-  nlohmann::json summary = nlohmann::json::parse(r.output.substr(r.output.rfind("{\"")));
+  nlohmann::json summary = last_json(r.output);
   REQUIRE(summary["test_accuracy"].get<double>() > 0.6);  // 60 steps of 128 images
   SafetensorsFile model = read_safetensors((dir / "ckpt" / "step_00000060" / "model.safetensors").string());
   REQUIRE(model.tensors.at("layers.1.weight").shape() == Shape{8, 1, 3, 3});   // Conv2d (out, in, k, k)
@@ -200,7 +231,7 @@ TEST_CASE("tandem train trains the cnn on Fashion-MNIST", "[e2e][cnn]") {
   SafetensorsFile bn_model = read_safetensors((dir / "bn" / "step_00000030" / "model.safetensors").string());
   REQUIRE(bn_model.tensors.count("layers.1.bias") == 0);
   REQUIRE(bn_model.tensors.at("layers.2.running_var").shape() == Shape{8});
-  REQUIRE(nlohmann::json::parse(bn.output.substr(bn.output.rfind("{\"")))["test_accuracy"].get<double>() > 0.5);
+  REQUIRE(last_json(bn.output)["test_accuracy"].get<double>() > 0.5);
   fs::remove_all(dir);
 }
 
@@ -218,7 +249,7 @@ TEST_CASE("tandem train trains the resnet, augmented, with torchvision's names",
   INFO(r.output);
   REQUIRE(r.exit_code == 0);
   // 40 steps of 64 images (0.41 with the config's seed): it learns, it is not done.
-  REQUIRE(nlohmann::json::parse(r.output.substr(r.output.rfind("{\"")))["test_accuracy"].get<double>() > 0.3);
+  REQUIRE(last_json(r.output)["test_accuracy"].get<double>() > 0.3);
   fs::path model = dir / "a" / "step_00000040" / "model.safetensors";
   SafetensorsFile weights = read_safetensors(model.string());
   REQUIRE(weights.tensors.at("conv1.weight").shape() == Shape{8, 1, 3, 3});
