@@ -2,7 +2,9 @@
 // ids and health records, and wait for each other's. Three implementations:
 //   MemoryStore  in one process (ranks as threads, for tests);
 //   TcpStore     a client of a TcpStoreServer (served by the launcher, or by
-//                rank 0 when a job is started by hand), token-authenticated;
+//                rank 0 when a job is started by hand: Note [Rank 0 serves
+//                the store] in runtime/parallel/process_group.h),
+//                token-authenticated;
 //   PrefixStore  a namespace inside another store (one per process group).
 // make_gloo_store() (gloo_store.h) adapts any of them to Gloo's rendezvous::Store.
 #pragma once

@@ -175,7 +175,8 @@ Socket open_session(const Endpoint& ep, Clock::time_point deadline, Millis reply
   std::string why = type == Reply::error ? std::string(r.str()) : "an unexpected answer";
   if (why == "bad token")
     throw UserError(fmt::format("the store at {} refused this job token; check TANDEM_JOB_TOKEN (every process of a "
-                                "job must use the token its launcher generated)",
+                                "job must use the same token: the one its launcher generated, or the one exported "
+                                "on every rank of a job started by hand)",
                                 ep.where()));
   throw UserError(fmt::format("the store at {} refused the connection: {}", ep.where(), why));
 }

@@ -77,8 +77,8 @@ Socket listen_on(const std::string& host, int port, int* bound_port) {
                                                     : reinterpret_cast<sockaddr_in*>(&local)->sin_port);
     return s;
   }
-  throw UserError(fmt::format("the store cannot listen on {}:{} ({}); pick a free MASTER_PORT, or 0 for any", host,
-                              port, error));
+  // No advice here: what to do about it depends on who serves (the launcher, rank 0), so the caller says.
+  throw UserError(fmt::format("the store cannot listen on {}:{} ({})", host, port, error));
 }
 
 // A GET or WAIT whose keys are not all there yet.
