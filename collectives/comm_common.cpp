@@ -7,6 +7,8 @@
 #include <cstdio>
 #include <tuple>
 
+#include "runtime/core/log.h"
+
 namespace tandem::collectives::detail {
 
 namespace {
@@ -56,7 +58,7 @@ std::string describe(const OpDesc& op) {
   return fmt::format("{} #{} ({} bytes)", op_name(op.kind), op.seq, op.bytes());
 }
 
-void check_args(const OpDesc& op, int rank, int size, const char* backend) {
+void check_args(const OpDesc& op, int rank, int size, const char* backend, ArgRules rules) {
   const char* name = op_name(op.kind);
   for (const Buffer* b : {&op.out, &op.in}) {
     TANDEM_CHECK(b->count >= 0, fmt::format("{} {}: negative element count {}", backend, name, b->count));
@@ -69,7 +71,8 @@ void check_args(const OpDesc& op, int rank, int size, const char* backend) {
   if (is_p2p(op.kind)) {
     TANDEM_CHECK(op.peer >= 0 && op.peer < size,
                  fmt::format("{} {}: peer {} is not a rank of this group of {}", backend, name, op.peer, size));
-    TANDEM_CHECK(op.peer != rank, fmt::format("{} {}: rank {} cannot {} to itself", backend, name, rank, name));
+    TANDEM_CHECK(rules.self_p2p || op.peer != rank, fmt::format("{} {}: rank {} cannot {} {} itself", backend, name,
+                                                                rank, name, op.kind == OpKind::send ? "to" : "from"));
   }
   if (op.kind == OpKind::all_gather || op.kind == OpKind::reduce_scatter) {
     TANDEM_CHECK(op.in.dtype == op.out.dtype, fmt::format("{} {}: input is {} but output is {}", backend, name,
@@ -268,6 +271,18 @@ std::string split_prefix(int64_t split_id, int color) { return fmt::format("grou
 }  // namespace tandem::collectives::detail
 
 namespace tandem::collectives {
+
+CommGroup::~CommGroup() noexcept(false) {
+  if (std::uncaught_exceptions() == exceptions_) {
+    comm_.group_end();
+    return;
+  }
+  try {
+    comm_.group_end();
+  } catch (const std::exception& e) {
+    log_warn("ending a {} group while an error propagates failed too: {}", comm_.backend(), e.what());
+  }
+}
 
 const char* reduce_op_name(ReduceOp op) {
   switch (op) {

@@ -54,11 +54,16 @@ struct OpDesc {
 // "all_reduce #3 (4000 bytes)", "send #1 to rank 2 (400 bytes)": how errors name an operation.
 std::string describe(const OpDesc& op);
 
+// What a backend allows beyond the rules every backend shares.
+struct ArgRules {
+  bool self_p2p = false;  // send/recv with this rank itself (NCCL inside a group: Note [Comm groups])
+};
+
 // Argument checks every backend shares (TANDEM_CHECK, naming the op):
-// non-negative counts, non-null data, the root or peer in range, all_gather
-// and reduce_scatter sizes and dtypes. Device and dtype support are the
-// backend's own checks.
-void check_args(const OpDesc& op, int rank, int size, const char* backend);
+// non-negative counts, non-null data, the root or peer in range (and not
+// this rank, unless `rules` allow it), all_gather and reduce_scatter sizes
+// and dtypes. Device and dtype support are the backend's own checks.
+void check_args(const OpDesc& op, int rank, int size, const char* backend, ArgRules rules = {});
 
 // The seq records of one group (Note [Naming the missing ranks]).
 class GroupTracker {

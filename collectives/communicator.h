@@ -5,10 +5,26 @@
 //
 // Backends: Gloo (CPU buffers; a comm thread runs the operations in issue
 // order, so they overlap the caller's compute) and NCCL (CUDA buffers; its
-// own comm stream; the id is exchanged through the Store).
+// own comm stream; the id is exchanged through the Store; groups of calls).
+//
+// Note [Comm groups]
+// Operations issued between group_start() and group_end() on one thread are
+// launched together at group_end(), as one NCCL launch (ncclGroupStart/End):
+// their Works complete when the group does (each reports the group's run
+// interval), and none may be waited on before group_end() (NCCL refuses it:
+// the operation is not on the stream yet). Sends and receives of a group
+// progress together, so their order does not matter, and NCCL lets a rank
+// send to itself there. Groups nest; only the outermost group_end()
+// launches. Every rank must group the same operations, in the same order
+// (NCCL fuses a group into one launch, whose shape the ranks must agree on).
+// Gloo and the simulated network run operations on a comm thread in issue
+// order and post sends and receives without blocking: they have nothing to
+// fuse, and both calls do nothing there. Prefer the scoped CommGroup to the
+// two calls.
 #pragma once
 
 #include <chrono>
+#include <exception>
 #include <memory>
 #include <stdexcept>
 #include <string>
@@ -53,8 +69,11 @@ class Work {
   // an event; Gloo: the same as wait()).
   virtual void wait_stream(const Stream& stream, Millis timeout) = 0;
   // For traces: the steady-clock times the operation started and finished
-  // running, once it completed, when the backend knows them (Gloo's comm
-  // thread does); false otherwise.
+  // running, once it completed; false before, or when the backend does not
+  // know them. Gloo's and the simulated network's comm threads take them;
+  // NCCL and the simulated CUDA network read events recorded around the
+  // operation on the comm stream (Note [Comm event times] in
+  // nccl_communicator.h), so asking costs no synchronization.
   virtual bool run_interval(std::chrono::steady_clock::time_point* start, std::chrono::steady_clock::time_point* end) {
     (void)start;
     (void)end;
@@ -87,6 +106,34 @@ class Communicator {
   // Sub-groups: ranks that pass the same `color` form a new communicator,
   // ordered by (key, rank). Every rank of this group must call split.
   virtual std::shared_ptr<Communicator> split(int color, int key) = 0;
+
+  // Note [Comm groups]. The default suits backends with nothing to fuse.
+  virtual void group_start() {}
+  virtual void group_end() {}
+};
+
+// A group for the scope (Note [Comm groups]):
+//     {
+//       CommGroup group(comm);
+//       sent = comm.send(Buffer::of(a), peer);
+//       got = comm.recv(Buffer::of(b), peer);
+//     }  // launched here
+//     got->wait(timeout);
+// A scope left by an exception still ends the group (NCCL's group is the
+// thread's: left open, it would swallow every later call); an error in
+// ending it then is logged, and the exception in flight goes on.
+class CommGroup {
+ public:
+  explicit CommGroup(Communicator& comm) : comm_(comm), exceptions_(std::uncaught_exceptions()) {
+    comm_.group_start();
+  }
+  ~CommGroup() noexcept(false);  // throws what group_end() throws, unless unwinding
+  CommGroup(const CommGroup&) = delete;
+  CommGroup& operator=(const CommGroup&) = delete;
+
+ private:
+  Communicator& comm_;
+  int exceptions_;  // in flight when the group started
 };
 
 struct CommOptions {

@@ -88,34 +88,42 @@ ReduceTimes Reducer::finish(const Stream& compute, TraceWriter* trace) {
   auto start = Clock::now();
   bool gpu = compute.device().is_cuda();
   if (gpu) finish_start_.record(compute);
-  for (Bucket& b : buckets_)
-    if (!b.work) launch(b, compute);  // parameters backward never reported
+  {
+    collectives::CommGroup group(*comm_);  // Note [Comm groups]: one launch for them all
+    for (Bucket& b : buckets_)
+      if (!b.work) launch(b, compute);  // parameters backward never reported
+  }
   for (Bucket& b : buckets_) {
     b.work->wait_stream(compute, options_.timeout);
     if (b.wire.defined()) kernels::cast(params_.grads().view(b.begin, {b.end - b.begin}), b.wire, compute);
   }
   auto end = Clock::now();
-  if (trace) {
-    for (size_t i = 0; i < buckets_.size(); i++) {
-      Clock::time_point run_start, run_end;
-      if (!buckets_[i].work->run_interval(&run_start, &run_end)) continue;
-      int64_t bytes = buckets_[i].wire.defined() ? static_cast<int64_t>(buckets_[i].wire.nbytes())
-                                                 : buckets_[i].bytes(params_.grads().dtype());
-      trace->complete(fmt::format("all_reduce bucket {}", i), "comm", TraceWriter::Track::comm, run_start, run_end,
-                      {{"bucket", i}, {"bytes", bytes}});
-    }
-  }
   ReduceTimes t;
   if (gpu) {  // wait_stream did not block the host: time on the device
     finish_end_.record(compute);
     finish_end_.synchronize();
     t.exposed_ms = finish_end_.elapsed_ms_since(finish_start_);
     t.comm_ms = finish_end_.elapsed_ms_since(buckets_[first_bucket_].ready);
-    return t;
+  } else {
+    t.exposed_ms = std::chrono::duration<double, std::milli>(end - start).count();
+    t.comm_ms = std::chrono::duration<double, std::milli>(end - first_issue_).count();
   }
-  t.exposed_ms = std::chrono::duration<double, std::milli>(end - start).count();
-  t.comm_ms = std::chrono::duration<double, std::milli>(end - first_issue_).count();
+  if (trace) trace_buckets(*trace);
   return t;
+}
+
+// Every Work has completed (on the GPU, finish() synchronized with an event
+// after them all), so each knows its interval without another wait (Note
+// [Comm event times] in collectives/nccl_communicator.h).
+void Reducer::trace_buckets(TraceWriter& trace) const {
+  for (size_t i = 0; i < buckets_.size(); i++) {
+    Clock::time_point run_start, run_end;
+    if (!buckets_[i].work->run_interval(&run_start, &run_end)) continue;
+    int64_t bytes = buckets_[i].wire.defined() ? static_cast<int64_t>(buckets_[i].wire.nbytes())
+                                               : buckets_[i].bytes(params_.grads().dtype());
+    trace.complete(fmt::format("all_reduce bucket {}", i), "comm", TraceWriter::Track::comm, run_start, run_end,
+                   {{"bucket", i}, {"bytes", bytes}});
+  }
 }
 
 // A rank's model as one line per parameter; equal strings mean equal models.

@@ -61,14 +61,16 @@ class Reducer {
   // A parameter's gradient is final; issues its bucket's all-reduce when
   // the bucket is complete.
   void grad_ready(const Parameter& p, const Stream& compute);
-  // Issues any bucket not yet issued, waits for all, and reports the times;
-  // with `trace`, records each bucket's all-reduce on the comm track.
+  // Issues any bucket not yet issued (in one group, Note [Comm groups]),
+  // waits for all, and reports the times; with `trace`, records when each
+  // bucket's all-reduce ran (Work::run_interval) on the comm track.
   ReduceTimes finish(const Stream& compute, TraceWriter* trace = nullptr);
 
   const std::vector<Bucket>& buckets() const { return buckets_; }
 
  private:
   void launch(Bucket& b, const Stream& compute);
+  void trace_buckets(TraceWriter& trace) const;
 
   const ParameterSet& params_;
   std::shared_ptr<collectives::Communicator> comm_;

@@ -105,11 +105,16 @@ struct WorkState {
   std::condition_variable cv;
   bool done = false;
   std::exception_ptr error;
+  Clock::time_point started, ended;  // in the link's schedule, for traces
 
-  void finish(std::exception_ptr e = nullptr) {
+  // [start, end]: when the link ran the operation; none when it never did.
+  void finish(std::exception_ptr e = nullptr, Clock::time_point start = {}, Clock::time_point end = {}) {
     std::lock_guard<std::mutex> lock(mutex);
     done = true;
     error = std::move(e);
+    if (start == Clock::time_point()) start = end = Clock::now();
+    started = start;
+    ended = end;
     cv.notify_all();
   }
 };
@@ -132,6 +137,14 @@ class CpuWork : public Work {
 
   // The buffers live on the host: nothing to order on a stream.
   void wait_stream(const Stream&, Millis timeout) override { wait(timeout); }
+
+  bool run_interval(Clock::time_point* start, Clock::time_point* end) override {
+    std::lock_guard<std::mutex> lock(state_->mutex);
+    if (!state_->done) return false;
+    *start = state_->started;
+    *end = state_->ended;
+    return true;
+  }
 
   const std::shared_ptr<WorkState>& state() const { return state_; }
 
@@ -195,7 +208,7 @@ class CpuLink {
         t.state->finish(destroyed(t.op, "before it completed"));
         return;
       }
-      t.state->finish(error);
+      t.state->finish(error, start, link_free_);  // the schedule's times, not the thread's wake-ups
     }
   }
 
@@ -226,10 +239,11 @@ std::shared_ptr<CUevent_st> new_event(Device device) {
   return std::shared_ptr<CUevent_st>(raw, [](cudaEvent_t e) { cudaEventDestroy(e); });
 }
 
+// Note [Comm event times] in collectives/nccl_communicator.h, as NCCL's Works.
 class CudaWork : public Work {
  public:
-  CudaWork(Op op, SimulatedNetwork net, std::shared_ptr<CUevent_st> event)
-      : op_(op), net_(net), event_(std::move(event)) {}
+  CudaWork(Op op, SimulatedNetwork net, std::shared_ptr<collectives::OpEvents> events)
+      : op_(op), net_(net), events_(std::move(events)) {}
 
   void wait(Millis timeout) override {
     Clock::time_point deadline = Clock::now() + timeout;
@@ -241,7 +255,7 @@ class CudaWork : public Work {
 
   bool completed() override {
     if (done_) return true;
-    cudaError_t status = cudaEventQuery(event_.get());
+    cudaError_t status = cudaEventQuery(events_->end());
     if (status == cudaErrorNotReady) return false;
     CUDA_CHECK(status);
     done_ = true;
@@ -250,13 +264,15 @@ class CudaWork : public Work {
 
   void wait_stream(const Stream& stream, Millis timeout) override {
     if (stream.device().is_cpu()) return wait(timeout);
-    CUDA_CHECK(cudaStreamWaitEvent(stream.cuda(), event_.get(), 0));
+    CUDA_CHECK(cudaStreamWaitEvent(stream.cuda(), events_->end(), 0));
   }
+
+  bool run_interval(Clock::time_point* start, Clock::time_point* end) override { return events_->interval(start, end); }
 
  private:
   Op op_;
   SimulatedNetwork net_;
-  std::shared_ptr<CUevent_st> event_;
+  std::shared_ptr<collectives::OpEvents> events_;  // the end is the completion
   bool done_ = false;
 };
 
@@ -274,6 +290,7 @@ class SimulatedCommunicator final : public Communicator {
       stream_ = Stream::create(device);
 #if TANDEM_HAS_CUDA
       follow_event_ = new_event(device);
+      clock_ = std::make_unique<collectives::EventClock>(device);
 #endif
     }
   }
@@ -338,11 +355,12 @@ class SimulatedCommunicator final : public Communicator {
       CUDA_CHECK(cudaEventRecord(follow_event_.get(), producer_.cuda()));
       CUDA_CHECK(cudaStreamWaitEvent(s, follow_event_.get(), 0));
     }
+    auto events = std::make_shared<collectives::OpEvents>(device_, clock_->anchor());
+    events->record_start(stream_);  // after the wait for the producer: when the link takes it
     kernels::sim_delay(op.ns, stream_);
     if (op.bytes() > 0) apply(op, world_, stream_);
-    std::shared_ptr<CUevent_st> done = new_event(device_);
-    CUDA_CHECK(cudaEventRecord(done.get(), s));
-    return std::make_shared<CudaWork>(op, net_, std::move(done));
+    events->record_end(stream_);
+    return std::make_shared<CudaWork>(op, net_, std::move(events));
 #else
     TANDEM_CHECK(false, "simulated communicator on a CUDA device in a build without CUDA");
     return nullptr;
@@ -390,6 +408,9 @@ class SimulatedCommunicator final : public Communicator {
   std::unique_ptr<CpuLink> cpu_link_;  // on the CPU
   Stream stream_;                      // on CUDA: the comm stream
   std::shared_ptr<CUevent_st> follow_event_;
+#if TANDEM_HAS_CUDA
+  std::unique_ptr<collectives::EventClock> clock_;  // Note [Comm event times]
+#endif
   Stream producer_;                    // Note [Simulated comm stream]
   std::mutex issue_mutex_;             // numbering and queueing happen together
   int64_t issued_ = 0;

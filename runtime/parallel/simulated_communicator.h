@@ -25,13 +25,17 @@
 // operation's completion time (as Gloo's comm thread would be busy moving
 // data), so a caller's compute overlaps it exactly as it would overlap Gloo;
 // the thread uses no CPU while it waits, so on a machine with few cores the
-// measured overlap is the schedule's, not a fight for cores.
+// measured overlap is the schedule's, not a fight for cores. Work::run_interval
+// gives the interval the link's schedule gave the operation.
 //
 // On CUDA the delay runs on the communicator's own non-blocking comm stream
 // (Note [Delay on a stream] in kernels/sim_delay.h), followed by the data
-// change; a Work is an event recorded after them. The host never blocks in
-// an issue; Work::wait polls the event up to its timeout; wait_stream makes
-// a consumer stream wait on the event.
+// change; a Work is a pair of timing events recorded around them, as NCCL's
+// (Note [Comm event times] in collectives/nccl_communicator.h). The host
+// never blocks in an issue; Work::wait polls the end event up to its
+// timeout; wait_stream makes a consumer stream wait on it; run_interval
+// reads both as host times once it completed. Groups (Note [Comm groups])
+// change nothing on one link: group_start and group_end do nothing.
 //
 // Note [Simulated comm stream]
 // Communicator::comm_stream() returns the simulated comm stream, so the

@@ -3,16 +3,25 @@
 // against their CPU twins; the delay runs on the comm stream, so issuing a
 // 50 ms operation returns to the host at once; the event-based wait and
 // wait_stream; every op's data as a world of identical ranks leaves it;
-// follow_stream orders operations after the producer's work; and the
-// issue's criterion: with all-reduce no longer than backward, a DDP step
-// exposes at most 10 % of its all-reduce time.
+// follow_stream orders operations after the producer's work; the issue's
+// criterion: with all-reduce no longer than backward, a DDP step exposes at
+// most 10 % of its all-reduce time; and a traced DDP step, over this network
+// and over NCCL with one rank, puts each bucket's all-reduce on the comm
+// track where it ran (Note [Comm event times]).
+#include <fmt/format.h>
+
+#include <algorithm>
 #include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
 
 #include "bench/bench_overlap.h"
 #include "kernels/sim_delay.h"
 #include "models/mlp/mlp.h"
 #include "runtime/parallel/ddp.h"
 #include "runtime/parallel/simulated_communicator.h"
+#include "runtime/trace.h"
 #include "support/identical_ranks.h"
 #include "support/testing.h"
 
@@ -21,11 +30,100 @@ using namespace tandem::collectives;
 using namespace tandem::parallel;
 using namespace tandem::testing;
 using Clock = std::chrono::steady_clock;
+namespace fs = std::filesystem;
 
 namespace {
 
 constexpr Millis kWait{20000};  // only a broken build waits this long
 const std::vector<int64_t> kCounts = {0, 1, 7, 1031, 100003};
+// How far a comm event may lie outside the host times around it: the
+// anchor's host time is known to within half a short wait (Note [Comm event
+// times]), plus float milliseconds from the anchor.
+constexpr double kClockSlackUs = 100;
+
+// One traced DDP step: its host interval (a "step" event on the compute
+// track) and the comm events finish() recorded in it.
+struct TracedStep {
+  double start_us = 0, end_us = 0;
+  std::vector<nlohmann::json> comm;
+};
+
+// `steps` traced DDP steps of a small MLP over `comm` on `gpu`; `buckets` is
+// how many buckets the reducer made.
+std::vector<TracedStep> traced_ddp_steps(std::shared_ptr<Communicator> comm, Device gpu, int steps, size_t* buckets) {
+  models::Mlp mlp({.in_features = 32, .hidden = {40, 24}, .classes = 10});
+  mlp.params.allocate(gpu, DType::f32, 3);
+  Context ctx;
+  ctx.device = gpu;
+  ctx.stream = Stream::create(gpu);
+  Tensor x = random_tensor({16, 32}, fresh_seed()).to(gpu);
+  std::vector<int32_t> labels(16);
+  for (int i = 0; i < 16; i++) labels[i] = i % 10;
+  Tensor y = make_int_tensor(labels, {16}, gpu);
+  CrossEntropyLoss loss;
+  DdpOptions options;
+  options.bucket_cap_mb = 0.004;  // several buckets
+  options.first_bucket_mb = 0.001;
+  options.timeout = kWait;
+  Reducer reducer(mlp.params, comm, options);
+  *buckets = reducer.buckets().size();
+  ctx.grad_ready = [&](const Parameter& p) { reducer.grad_ready(p, ctx.stream); };
+  TraceWriter trace(0);
+  for (int s = 0; s < steps; s++) {
+    ctx.stream.synchronize();
+    Clock::time_point start = Clock::now();
+    reducer.prepare();
+    mlp.params.zero_grads(ctx.stream);
+    loss.forward(mlp.net.forward(x, ctx), y, ctx);
+    mlp.net.backward(loss.backward(ctx), ctx);
+    reducer.finish(ctx.stream, &trace);  // synchronizes: the step has ended
+    trace.complete("step", "step", TraceWriter::Track::compute, start, Clock::now());
+  }
+  fs::path path = fs::temp_directory_path() / fmt::format("tandem_gpu_trace_{}.json", fresh_seed());
+  trace.write(path.string());
+  std::ifstream in(path);
+  nlohmann::json events = nlohmann::json::parse(in)["traceEvents"];
+  fs::remove(path);
+  std::vector<TracedStep> out;
+  TracedStep current;
+  for (const auto& e : events) {  // in the order recorded: a step's comm events, then the step
+    if (e["ph"] != "X") continue;
+    if (e["cat"] == "comm") current.comm.push_back(e);
+    if (e["cat"] == "step") {
+      current.start_us = e["ts"].get<double>();
+      current.end_us = current.start_us + e["dur"].get<double>();
+      out.push_back(std::move(current));
+      current = TracedStep();
+    }
+  }
+  return out;
+}
+
+// Every bucket's all-reduce is on the comm track, inside its step, one after
+// another (one comm stream), and lasts > 0 (`positive`) or >= 0.
+void require_traced_in_order(const std::vector<TracedStep>& steps, int count, size_t buckets, bool positive) {
+  REQUIRE(steps.size() == static_cast<size_t>(count));
+  for (size_t k = 0; k < steps.size(); k++) {
+    std::vector<nlohmann::json> comm = steps[k].comm;
+    INFO("step " << k << " [" << steps[k].start_us << ", " << steps[k].end_us << "] us");
+    REQUIRE(comm.size() == buckets);
+    std::sort(comm.begin(), comm.end(), [](const auto& a, const auto& b) { return a["ts"] < b["ts"]; });
+    double previous_end = steps[k].start_us;
+    for (const auto& c : comm) {
+      double ts = c["ts"].get<double>(), dur = c["dur"].get<double>();
+      INFO(c.dump());
+      REQUIRE(std::isfinite(ts));
+      REQUIRE(std::isfinite(dur));
+      REQUIRE(c["tid"] == static_cast<int>(TraceWriter::Track::comm));
+      REQUIRE(c["args"]["bytes"].get<int64_t>() > 0);
+      if (positive) REQUIRE(dur > 0);
+      REQUIRE(dur >= 0);
+      REQUIRE(ts >= previous_end - kClockSlackUs);
+      REQUIRE(ts + dur <= steps[k].end_us + kClockSlackUs);
+      previous_end = ts + dur;
+    }
+  }
+}
 
 
 // Loads the kernels (lazy module loading makes a first launch slow) so
@@ -258,4 +356,25 @@ TEST_CASE("with the simulated network, exposed communication is at most 10% of a
                               << m.backward_ms << " ms, exposed " << m.exposed_pct() << " %");
   }
   REQUIRE(met);
+}
+
+TEST_CASE("a traced DDP step over the simulated cuda network shows each bucket where the link ran it", "[gpu][simulated][ddp]") {
+  Device gpu = Device::cuda(0);
+  auto comm = make_simulated_communicator(4, gpu, {.gbytes_per_s = 1, .latency_us = 100});
+  size_t buckets = 0;
+  std::vector<TracedStep> steps = traced_ddp_steps(comm, gpu, 3, &buckets);
+  REQUIRE(buckets >= 3);
+  require_traced_in_order(steps, 3, buckets, /*positive=*/true);
+  for (const auto& c : steps[0].comm) REQUIRE(c["dur"].get<double>() >= 100 - 1);  // at least the latency
+}
+
+TEST_CASE("a traced DDP step over NCCL with one rank shows each bucket's all-reduce in order", "[gpu][nccl][ddp]") {
+  Device gpu = Device::cuda(0);
+  CommOptions options;
+  options.timeout = kWait;
+  auto comm = make_nccl_communicator(make_memory_store(), 0, 1, gpu, options);
+  size_t buckets = 0;
+  std::vector<TracedStep> steps = traced_ddp_steps(comm, gpu, 3, &buckets);
+  // One rank: an in-place all-reduce may move nothing, so it may last 0.
+  require_traced_in_order(steps, 3, buckets, /*positive=*/false);
 }

@@ -1,16 +1,21 @@
 // Data parallelism on the CPU with ranks as threads over Gloo: buckets, the
 // equivalence of N ranks with batch B and one rank with batch N*B, gradient
-// accumulation, and the start-up check that every rank built the same model.
+// accumulation, the start-up check that every rank built the same model,
+// traces, and the buckets finish() issues itself (in a group, which the
+// simulated network, like Gloo, has no use for).
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
+#include <set>
 #include <nlohmann/json.hpp>
 #include <thread>
 
 #include "models/mlp/mlp.h"
 #include "runtime/core/philox.h"
 #include "runtime/parallel/ddp.h"
+#include "runtime/parallel/simulated_communicator.h"
 #include "runtime/safetensors.h"
 #include "runtime/trainer.h"
 #include "runtime/thread_ranks.h"
@@ -187,19 +192,26 @@ TEST_CASE("the trace of a 2-rank run shows all-reduces running during backward",
   run_ranks(2, config, data, {256, 256, 256}, trace.string());
   std::ifstream in(trace);
   nlohmann::json events = nlohmann::json::parse(in)["traceEvents"];
-  std::vector<nlohmann::json> comm, backward;
+  std::vector<nlohmann::json> comm, backward, forward;
   for (const auto& e : events) {
     if (e["ph"] != "X") continue;
     REQUIRE(e["dur"].get<double>() >= 0);
     if (e["cat"] == "comm") comm.push_back(e);
     if (e["cat"] == "backward") backward.push_back(e);
+    if (e["cat"] == "forward") forward.push_back(e);
   }
   REQUIRE(backward.size() == 6 * 10);  // 6 steps x (4 Linear + 3 ReLU + 3 Dropout)
-  REQUIRE(comm.size() >= 6 * 2);      // several buckets per step
+  REQUIRE(forward.size() >= 6 * 10);   // and the evaluation's
+  for (const auto& f : forward) REQUIRE(f["tid"] != 2);  // the compute track
+  REQUIRE(comm.size() >= 6 * 2);       // several buckets per step
+  std::set<int64_t> buckets;
   for (const auto& c : comm) {
     REQUIRE(c["args"]["bytes"].get<int64_t>() > 0);
+    buckets.insert(c["args"]["bucket"].get<int64_t>());
     REQUIRE(c["tid"] == 2);
   }
+  REQUIRE(buckets.size() >= 2);
+  REQUIRE(*buckets.begin() == 0);
   // Overlap: some backward module started while an all-reduce was running.
   int overlapping = 0;
   for (const auto& c : comm) {
@@ -213,4 +225,52 @@ TEST_CASE("the trace of a 2-rank run shows all-reduces running during backward",
   REQUIRE(fs::exists(fs::path(trace.string().substr(0, trace.string().size() - 5) + "-rank1.json")));
   fs::remove(trace);
   fs::remove(fs::path(trace.string().substr(0, trace.string().size() - 5) + "-rank1.json"));
+}
+
+TEST_CASE("finish() issues the buckets backward never reported in one group and traces when each ran", "[ddp]") {
+  models::Mlp mlp({.in_features = 64, .hidden = {300, 200}, .classes = 10});
+  mlp.params.allocate(Device::cpu(), DType::f32, 1);
+  std::vector<float> grads = random_vector(mlp.params.numel(), fresh_seed());
+  mlp.params.grads().copy_from(Tensor::from_vector(grads, {mlp.params.numel()}));
+  auto comm = parallel::make_simulated_communicator(4, Device::cpu(), {.gbytes_per_s = 1, .latency_us = 200});
+  parallel::DdpOptions options{.bucket_cap_mb = 0.25, .first_bucket_mb = 0.01, .timeout = std::chrono::seconds(10)};
+  parallel::Reducer reducer(mlp.params, comm, options);
+  size_t buckets = reducer.buckets().size();
+  REQUIRE(buckets >= 3);
+  fs::path path = fs::temp_directory_path() / fmt::format("tandem_finish_trace_{}.json", fresh_seed());
+  {
+    TraceWriter trace(0);
+    reducer.prepare();
+    auto start = TraceWriter::Clock::now();
+    reducer.finish(Stream(), &trace);  // no grad_ready: every bucket is left to finish()
+    trace.complete("finish", "step", TraceWriter::Track::compute, start, TraceWriter::Clock::now());
+    trace.write(path.string());
+  }
+  REQUIRE(mlp.params.grads().to_vector() == grads);  // the average of identical ranks
+
+  std::ifstream in(path);
+  nlohmann::json events = nlohmann::json::parse(in)["traceEvents"];
+  fs::remove(path);
+  std::vector<nlohmann::json> comm_events;
+  double step_start = -1, step_end = -1;
+  for (const auto& e : events) {
+    if (e["ph"] != "X") continue;
+    if (e["cat"] == "comm") comm_events.push_back(e);
+    if (e["cat"] == "step") {
+      step_start = e["ts"].get<double>();
+      step_end = step_start + e["dur"].get<double>();
+    }
+  }
+  REQUIRE(comm_events.size() == buckets);
+  std::sort(comm_events.begin(), comm_events.end(), [](const auto& a, const auto& b) { return a["ts"] < b["ts"]; });
+  constexpr double kRoundingUs = 1e-3;  // ts + dur need not round to the next ts exactly
+  double previous_end = step_start;
+  for (const auto& c : comm_events) {  // one link: one after another, inside finish()
+    INFO(c.dump());
+    double ts = c["ts"].get<double>(), dur = c["dur"].get<double>();
+    REQUIRE(dur >= 200);  // at least the latency
+    REQUIRE(ts >= previous_end - kRoundingUs);
+    REQUIRE(ts + dur <= step_end + kRoundingUs);
+    previous_end = ts + dur;
+  }
 }
