@@ -184,8 +184,8 @@ std::string GroupTracker::timeout_message(const OpDesc& op, Millis waited) const
                      op.seq, op.bytes(), size_, waited.count(), rank_name(rank_), progress(op));
 }
 
-std::string GroupTracker::stuck_message(const OpDesc& op, Millis age, const std::vector<int>& silent,
-                                        Millis silent_for) const {
+std::string GroupTracker::stuck_message(const OpDesc& op, Millis age, const std::string& progress,
+                                        const std::vector<int>& silent, Millis silent_for) const {
   const char* name = op_name(op.kind);
   double seconds = static_cast<double>(age.count()) / 1000.0;
   std::string out;
@@ -196,7 +196,7 @@ std::string GroupTracker::stuck_message(const OpDesc& op, Millis age, const std:
                       size_, seconds, rank_name(rank_), rank_name(op.peer), op.kind == OpKind::send ? "recv" : "send");
   } else {
     out = fmt::format("watchdog: {} {} #{} ({} bytes, group of {}) stuck for {:.1f} s on {}; {}", backend_, name,
-                      op.seq, op.bytes(), size_, seconds, rank_name(rank_), progress(op));
+                      op.seq, op.bytes(), size_, seconds, rank_name(rank_), progress);
   }
   if (!silent.empty()) {
     std::vector<std::string> names;

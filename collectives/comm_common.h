@@ -80,9 +80,14 @@ class GroupTracker {
   std::vector<std::pair<int, int64_t>> behind(int64_t seq) const;
   // The CollectiveTimeout message for `op` after `waited`.
   std::string timeout_message(const OpDesc& op, Millis waited) const;
-  // The watchdog's message for `op`, in flight for `age`; `silent` are the
-  // group ranks whose heartbeat did not move for `silent_for`.
-  std::string stuck_message(const OpDesc& op, Millis age, const std::vector<int>& silent, Millis silent_for) const;
+  // The watchdog's message for `op`, in flight for `age`: `progress` is what
+  // progress(op) read (or why it could not), `silent` the group ranks whose
+  // heartbeat did not move for `silent_for`.
+  std::string stuck_message(const OpDesc& op, Millis age, const std::string& progress, const std::vector<int>& silent,
+                            Millis silent_for) const;
+  // Who is behind `op`, or issued its seq as another collective (store
+  // reads): the tail of both messages.
+  std::string progress(const OpDesc& op) const;
 
   // Liveness (Note [Naming the missing ranks]), for the watchdog; best effort.
   void heartbeat() const;
@@ -96,9 +101,6 @@ class GroupTracker {
   const std::vector<int>& world_ranks() const { return world_ranks_; }
 
  private:
-  // Who is behind `op`, or issued its seq as another collective: the tail of both messages.
-  std::string progress(const OpDesc& op) const;
-
   std::shared_ptr<Store> store_;
   int rank_, size_;
   std::string backend_;

@@ -57,6 +57,14 @@ class CollectiveTimeout : public std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
+// A collective that failed because a peer closed or reset its connection:
+// its process died, or its host became unreachable. Not a bug here: the
+// message names the collective, and the launcher names the peer that failed.
+class PeerLost : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
 class Work {
  public:
   virtual ~Work() = default;

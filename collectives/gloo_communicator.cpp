@@ -29,6 +29,7 @@
 // Gloo's timeout has released them. Buffers of unfinished operations must
 // outlive that, as with any unfinished Work.
 #include <fmt/format.h>
+#include <gloo/common/error.h>
 #include <gloo/rendezvous/context.h>
 #include <gloo/transport/tcp/device.h>
 
@@ -217,7 +218,8 @@ class Engine {
   }
 
   // Note [Gloo failures]: a timeout becomes a CollectiveTimeout that names the
-  // ranks behind; anything else a LibraryError. Either poisons the communicator.
+  // ranks behind; a closed or reset connection a PeerLost; anything else a
+  // LibraryError. Each poisons the communicator.
   void fail(Task& t, const std::exception& e, Clock::duration took) {
     std::exception_ptr error;
     bool timed_out = took >= timeout_ || std::string(e.what()).find("imed out") != std::string::npos;
@@ -228,8 +230,16 @@ class Engine {
       error = std::make_exception_ptr(
           CollectiveTimeout(tracker_->timeout_message(t.op, timeout_) + fmt::format(" (gloo: {})", e.what())));
     } else {
-      error = std::make_exception_ptr(LibraryError("Gloo", 0, detail::describe(t.op) + " failed: " + e.what(),
-                                                   detail::op_name(t.op.kind), __FILE__, __LINE__));
+      // Likely a peer that gave up on this operation and closed its
+      // connections: reported as stuck if it is old enough (Note [Watchdog]).
+      Watchdog::process().gave_up(t.state->watch.load(), e.what());
+      if (dynamic_cast<const gloo::IoException*>(&e))
+        error = std::make_exception_ptr(PeerLost(fmt::format(
+            "{} failed: a peer closed or reset its connection (its process died, or its host is unreachable): {}",
+            detail::describe(t.op), e.what())));
+      else
+        error = std::make_exception_ptr(LibraryError("Gloo", 0, detail::describe(t.op) + " failed: " + e.what(),
+                                                     detail::op_name(t.op.kind), __FILE__, __LINE__));
     }
     {
       std::lock_guard<std::mutex> lock(mutex_);
@@ -331,8 +341,10 @@ class GlooCommunicator final : public detail::DescriptorCommunicator {
                                                    "NCCL backend for CUDA buffers",
                                                    name, b->device.str()));
     if (detail::is_reduction(op.kind))
-      TANDEM_CHECK(op.out.dtype == DType::f32 || op.out.dtype == DType::bf16 || op.out.dtype == DType::i32,
-                   fmt::format("gloo {}: cannot reduce {} (f32, bf16 and i32 can)", name, dtype_name(op.out.dtype)));
+      TANDEM_CHECK(op.out.dtype == DType::f32 || op.out.dtype == DType::bf16 || op.out.dtype == DType::f16 ||
+                       op.out.dtype == DType::i32,
+                   fmt::format("gloo {}: cannot reduce {} (f32, bf16, f16 and i32 can)", name,
+                               dtype_name(op.out.dtype)));
   }
 
   std::shared_ptr<Store> store_;

@@ -67,8 +67,8 @@ void GlooOps::finish_avg(T* data, size_t count, ReduceOp op) const {
   for (size_t i = 0; i < count; i++) data[i] /= n;
 }
 
-// f32 and i32 reduce in place. bf16 widens to f32 scratch, reduces and
-// rounds back once: more accurate than rounding at every ring step, for
+// f32 and i32 reduce in place. bf16 and f16 widen to f32 scratch, reduce
+// and round back once: more accurate than rounding at every ring step, for
 // twice the bytes on the wire.
 void GlooOps::all_reduce(const OpDesc& op) {
   const Buffer& b = op.out;
@@ -132,11 +132,15 @@ void GlooOps::barrier(const OpDesc& op) {
   gloo::barrier(opts);
 }
 
-// f32 scratch holding elements [first, first + n) of `b` (f32 or bf16).
+// f32 scratch holding elements [first, first + n) of `b` (f32, bf16 or
+// f16). f16 converts through the compiler's _Float16 (IEEE binary16: exact
+// widening, round to nearest even narrowing).
 float* GlooOps::widen(const Buffer& b, size_t first, size_t n) {
   scratch_f32_.resize(n);
   if (b.dtype == DType::f32) {
     std::copy_n(static_cast<const float*>(b.data) + first, n, scratch_f32_.data());
+  } else if (b.dtype == DType::f16) {
+    std::copy_n(static_cast<const _Float16*>(b.data) + first, n, scratch_f32_.data());
   } else {
     const uint16_t* src = static_cast<const uint16_t*>(b.data) + first;
     for (size_t i = 0; i < n; i++) scratch_f32_[i] = bf16_to_f32(src[i]);
@@ -147,6 +151,8 @@ float* GlooOps::widen(const Buffer& b, size_t first, size_t n) {
 void GlooOps::narrow(const float* wide, const Buffer& b, size_t first, size_t n) {
   if (b.dtype == DType::f32) {
     std::copy_n(wide, n, static_cast<float*>(b.data) + first);
+  } else if (b.dtype == DType::f16) {
+    std::copy_n(wide, n, static_cast<_Float16*>(b.data) + first);
   } else {
     uint16_t* dst = static_cast<uint16_t*>(b.data) + first;
     for (size_t i = 0; i < n; i++) dst[i] = f32_to_bf16(wide[i]);

@@ -41,7 +41,7 @@ class GlooOps {
 
   std::shared_ptr<gloo::Context> context_;
   Millis timeout_;
-  std::vector<float> scratch_f32_;  // bf16 reductions and reduce_scatter: reused, never shrunk
+  std::vector<float> scratch_f32_;  // bf16/f16 reductions and reduce_scatter: reused, never shrunk
   std::vector<int32_t> scratch_i32_;
 };
 

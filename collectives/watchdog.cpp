@@ -1,6 +1,13 @@
 // The watchdog thread (Note [Watchdog] in watchdog.h).
 #include "collectives/watchdog.h"
 
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <functional>
+#include <future>
+#include <optional>
+#include <thread>
 #include <vector>
 
 #include "collectives/comm_common.h"
@@ -10,6 +17,30 @@ namespace tandem::collectives {
 
 namespace {
 using Clock = std::chrono::steady_clock;
+
+// The store reads of a report wait at most this long (a quarter of the
+// operation's timeout, at most 1 s): a rank cut off from the store would
+// otherwise wait out its store client's reconnect timeout first, and report
+// at twice the operation's timeout.
+Millis store_read_budget(Millis timeout) { return std::min(timeout / 4, Millis{1000}); }
+
+// `read()` on a thread of its own, for at most `budget`: its result, or
+// nullopt when it failed or is still waiting (the thread is left to finish
+// or to die with the process, which a report ends).
+template <typename T>
+std::optional<T> read_within(Millis budget, std::function<T()> read) {
+  auto result = std::make_shared<std::promise<std::optional<T>>>();
+  std::future<std::optional<T>> future = result->get_future();
+  std::thread([result, read = std::move(read)] {
+    try {
+      result->set_value(read());
+    } catch (const std::exception&) {
+      result->set_value(std::nullopt);
+    }
+  }).detach();
+  if (future.wait_for(budget) != std::future_status::ready) return std::nullopt;
+  return future.get();
+}
 }  // namespace
 
 struct Watchdog::Entry {
@@ -93,6 +124,22 @@ void Watchdog::expired(Id id) {
   report(e);
 }
 
+void Watchdog::gave_up(Id id, const std::string& why) {
+  if (id == 0) return;
+  std::shared_ptr<Entry> e;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    auto it = entries_.find(id);
+    if (it == entries_.end()) return;
+    if (Clock::now() - it->second->issued < it->second->timeout / 2) {
+      entries_.erase(it);
+      return;
+    }
+    e = it->second;
+  }
+  report(e, why);
+}
+
 void Watchdog::loop() {
   std::unique_lock<std::mutex> lock(mutex_);
   while (!stopping_) {
@@ -135,12 +182,11 @@ void Watchdog::check() {
       need_snapshot = age >= e->timeout / 2 && e->heartbeats.empty();
     }
     if (need_snapshot) {
-      std::vector<int64_t> beats;
-      try {
-        beats = e->tracker->heartbeats();
-      } catch (const std::exception&) {
-        // Best effort: without a snapshot the report names no silent ranks.
-      }
+      // Best effort: without a snapshot the report names no silent ranks.
+      auto tracker = e->tracker;
+      std::vector<int64_t> beats =
+          read_within<std::vector<int64_t>>(store_read_budget(e->timeout), [tracker] { return tracker->heartbeats(); })
+              .value_or(std::vector<int64_t>{});
       std::lock_guard<std::mutex> lock(mutex_);
       e->heartbeats = std::move(beats);
       e->heartbeats_at = Clock::now();
@@ -150,7 +196,7 @@ void Watchdog::check() {
 }
 
 // Reports `e` once: builds the message (store reads) and calls on_stuck.
-void Watchdog::report(const std::shared_ptr<Entry>& e) {
+void Watchdog::report(const std::shared_ptr<Entry>& e, const std::string& why) {
   OnStuck on_stuck;
   std::vector<int64_t> before;
   Clock::time_point before_at;
@@ -168,18 +214,25 @@ void Watchdog::report(const std::shared_ptr<Entry>& e) {
   // A counter that did not move over a few checks: that rank's watchdog is
   // not running. A rank with no counter at all counts too: one stopped
   // before its watchdog's first check never wrote one.
+  Millis budget = store_read_budget(e->timeout);
+  auto tracker = e->tracker;
   if (!before.empty() && silent_for >= 2 * interval_) {
-    try {
-      std::vector<int64_t> after = e->tracker->heartbeats();
-      for (size_t r = 0; r < after.size() && r < before.size(); r++)
-        if (static_cast<int>(r) != e->tracker->rank() && after[r] == before[r])
-          silent.push_back(static_cast<int>(r));
-    } catch (const std::exception&) {
-      // Best effort, as above.
-    }
+    // Best effort, as the snapshot.
+    std::vector<int64_t> after =
+        read_within<std::vector<int64_t>>(budget, [tracker] { return tracker->heartbeats(); })
+            .value_or(std::vector<int64_t>{});
+    for (size_t r = 0; r < after.size() && r < before.size(); r++)
+      if (static_cast<int>(r) != tracker->rank() && after[r] == before[r]) silent.push_back(static_cast<int>(r));
   }
+  detail::OpDesc op = e->op;
+  std::string progress =
+      read_within<std::string>(budget, [tracker, op] { return tracker->progress(op); })
+          .value_or(fmt::format("the ranks' progress could not be read from the store within {} ms (is it reachable?)",
+                                budget.count()));
   auto age = std::chrono::duration_cast<Millis>(now - e->issued);
-  on_stuck(e->tracker->stuck_message(e->op, age, silent, silent_for));
+  std::string message = tracker->stuck_message(e->op, age, progress, silent, silent_for);
+  if (!why.empty()) message += "; then it failed here: " + why;
+  on_stuck(message);
 }
 
 }  // namespace tandem::collectives

@@ -14,6 +14,18 @@
 // which reports at once: the watchdog's line is what every rank says, not a
 // race between it and an exception. So a report comes between the timeout
 // and the timeout plus one check interval, well within twice the timeout.
+// The first rank to give up on a collective ends the others' wait in it
+// early: Gloo closes every connection of a rank whose collective timed out,
+// and a rank exits once its watchdog reported. A rank stuck in the same
+// collective then sees it fail with a closed connection just before its
+// own timeout; its backend calls gave_up(), which reports it at once (the
+// error at the end of the line) when it was in flight for at least half
+// its timeout, so every rank stuck in a collective reports it. A younger
+// operation that fails so is a crashed peer, not a hang: the caller's
+// exception says it. The report's store reads (which ranks issued what,
+// whose heartbeat stopped) wait at most a quarter of the timeout (1 s at
+// most): a rank cut off from the store reports without them, saying so,
+// instead of waiting out its store client's reconnect timeout.
 // The library never exits: the program installs on_stuck (tools/train.cpp
 // logs the line and exits with kExitStuck, docs/FAULT_TOLERANCE.md), so the
 // launcher sees the rank fail and stops the others. A watchdog that is not
@@ -71,12 +83,16 @@ class Watchdog {
   void end(Id id);
   // The backend's own timeout ran out for this operation: report it now.
   void expired(Id id);
+  // The backend failed this operation other than by a timeout (`why`: a
+  // peer closed its connection): reported now, ending with `why`, if it was
+  // in flight for at least half its timeout; else forgotten, as by end().
+  void gave_up(Id id, const std::string& why);
 
  private:
   struct Entry;
   void loop();
   void check();
-  void report(const std::shared_ptr<Entry>& e);
+  void report(const std::shared_ptr<Entry>& e, const std::string& why = "");
 
   Millis interval_;
   std::atomic<bool> running_{false};

@@ -177,7 +177,7 @@ TrainConfig load_train_config(const std::string& path, const std::vector<std::st
   if (!c.backend.empty()) one_of(c.backend, {"gloo", "nccl"}, c, "backend");
   read(table, "bucket_cap_mb", c.bucket_cap_mb, c, 0.0);
   read(table, "grad_compression", c.grad_compression, c);
-  one_of(c.grad_compression, {"none", "bf16"}, c, "grad_compression");
+  one_of(c.grad_compression, {"none", "bf16", "f16"}, c, "grad_compression");
   read(table, "comm_timeout", c.comm_timeout, c, 0.001);
   read(table, "log_every", c.log_every, c, 1);
   read(table, "eval_every", c.eval_every, c, 0);

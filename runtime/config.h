@@ -34,7 +34,7 @@ struct TrainConfig {
   int64_t grad_accum_steps = 1;       // micro-batches per optimizer step
   std::string backend;                // data parallelism: "gloo", "nccl", or "" (the launcher's choice)
   double bucket_cap_mb = 25.0;        // gradient bucket size for the all-reduce
-  std::string grad_compression = "none";  // "none" or "bf16": gradients on the wire
+  std::string grad_compression = "none";  // "none", "bf16" or "f16": gradients on the wire
   double comm_timeout = 300.0;        // seconds a collective may take before it is an error
   int64_t log_every = 50;
   int64_t eval_every = 0;             // steps; 0: at the end of every epoch

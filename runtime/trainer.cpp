@@ -157,7 +157,7 @@ TrainSummary train(const TrainConfig& config, Module& model, ParameterSet& param
   bool sync_grads = false;  // false on micro-steps that only accumulate (no_sync)
   if (pg.comm) {
     parallel::DdpOptions ddp{config.bucket_cap_mb, std::min(1.0, config.bucket_cap_mb), timeout,
-                             config.grad_compression == "bf16" ? DType::bf16 : DType::f32};
+                             config.grad_compression == "none" ? DType::f32 : parse_dtype(config.grad_compression)};
     reducer = std::make_unique<parallel::Reducer>(params, pg.comm, ddp);
     ctx.grad_ready = [&](const Parameter& p) {
       if (sync_grads) reducer->grad_ready(p, ctx.stream);

@@ -40,13 +40,14 @@ Reducer::Reducer(const ParameterSet& params, std::shared_ptr<collectives::Commun
     : params_(params), comm_(std::move(comm)), options_(options), buckets_(assign_buckets(params, options)) {
   Device device = params.grads().device();
   DType grad_dtype = params.grads().dtype();
-  if (options.wire_dtype != DType::f32 && options.wire_dtype != DType::bf16)
-    throw UserError(fmt::format("gradients can travel as f32 or bf16, not {}", dtype_name(options.wire_dtype)));
-  bool compress = grad_dtype == DType::f32 && options.wire_dtype == DType::bf16;
+  DType wire = options.wire_dtype;
+  if (wire != DType::f32 && wire != DType::bf16 && wire != DType::f16)
+    throw UserError(fmt::format("gradients can travel as f32, bf16 or f16, not {}", dtype_name(wire)));
+  bool compress = grad_dtype == DType::f32 && wire != DType::f32;  // 16-bit gradients travel as they are
   for (size_t b = 0; b < buckets_.size(); b++) {
     for (const Parameter* p : buckets_[b].params) bucket_of_[p] = static_cast<int>(b);
     buckets_[b].ready = Event::create(device, /*timing=*/true);
-    if (compress) buckets_[b].wire = Tensor::empty({buckets_[b].end - buckets_[b].begin}, DType::bf16, device);
+    if (compress) buckets_[b].wire = Tensor::empty({buckets_[b].end - buckets_[b].begin}, wire, device);
   }
   finish_start_ = Event::create(device, /*timing=*/true);
   finish_end_ = Event::create(device, /*timing=*/true);

@@ -28,9 +28,10 @@ struct DdpOptions {
   double bucket_cap_mb = 25.0;
   double first_bucket_mb = 1.0;  // as PyTorch: the first bucket starts comm early
   collectives::Millis timeout{std::chrono::seconds(300)};
-  // Gradients on the wire: f32 gradients may travel as bf16 (half the
-  // bytes; each bucket is rounded once before and once after the
-  // all-reduce, which sums in fp32). Gradients already in bf16 travel as is.
+  // Gradients on the wire: f32 gradients may travel as bf16 or f16 (half
+  // the bytes; each bucket is rounded once before and once after the
+  // all-reduce, which Gloo sums in fp32, NCCL in the wire type). Gradients
+  // already in bf16 travel as is.
   DType wire_dtype = DType::f32;
 };
 

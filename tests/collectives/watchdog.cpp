@@ -1,12 +1,17 @@
 // The watchdog (collectives/watchdog.h): a stuck collective is reported
 // within twice its timeout, naming the ranks that did not issue it, a rank
-// that issued another collective under the same number, and a rank that
-// shows no sign of life; operations that complete are never reported.
-// Gloo ranks are threads of this process over one MemoryStore, as in
-// gloo.cpp; tracker-level cases drive GroupTrackers directly.
+// that issued another collective under the same number (seen by every rank
+// of a real Gloo group), and a rank that shows no sign of life; operations
+// that complete are never reported. Gloo ranks are threads of this process
+// over one MemoryStore, as in gloo.cpp, sharing the process's watchdog;
+// tracker-level cases drive GroupTrackers directly.
+#include <fmt/format.h>
+
+#include <algorithm>
 #include <chrono>
 #include <condition_variable>
 #include <future>
+#include <latch>
 #include <mutex>
 #include <string>
 #include <thread>
@@ -30,15 +35,21 @@ struct Reports {
   std::mutex mutex;
   std::condition_variable cv;
   std::vector<std::string> messages;
-  Clock::time_point first;
+  std::vector<Clock::time_point> times;  // when each message came
 
   Watchdog::OnStuck callback() {
     return [this](const std::string& m) {
       std::lock_guard<std::mutex> lock(mutex);
-      if (messages.empty()) first = Clock::now();
       messages.push_back(m);
+      times.push_back(Clock::now());
       cv.notify_all();
     };
+  }
+  // Waits up to `timeout` for `n` messages; the number that came.
+  size_t wait_count(size_t n, Millis timeout) {
+    std::unique_lock<std::mutex> lock(mutex);
+    cv.wait_for(lock, timeout, [&] { return messages.size() >= n; });
+    return messages.size();
   }
   // The first message, or "" after `timeout`.
   std::string wait_first(Millis timeout) {
@@ -176,6 +187,30 @@ TEST_CASE("the watchdog names a rank whose heartbeat stopped", "[watchdog]") {
   REQUIRE(message.find("s from rank 1 (stopped, or its process hangs)") != std::string::npos);
 }
 
+TEST_CASE("an operation that fails after half its timeout is reported with the error; a younger one is not",
+          "[watchdog]") {
+  Reports reports;
+  Watchdog watchdog(Millis(5000));  // checks only at start: the reports here are gave_up's
+  watchdog.start(reports.callback());
+  std::shared_ptr<Store> store = make_memory_store();
+  auto t0 = tracker(store, 0), t1 = tracker(store, 1);
+  std::vector<float> x(10);
+  detail::OpDesc op = all_reduce_op(4, x);
+  t0->record_issue(op);
+  t1->record_issue(op);
+  watchdog.gave_up(watchdog.begin(op, t0, Millis(4000)), "Connection reset by peer");  // a crash, not a hang
+  Watchdog::Id old = watchdog.begin(op, t0, Millis(200));
+  std::this_thread::sleep_for(Millis(120));
+  watchdog.gave_up(old, "Connection closed by peer [127.0.0.1]:1");
+  std::string message = reports.wait_first(kWait);
+  watchdog.stop();
+  INFO(message);
+  REQUIRE(reports.count() == 1);
+  REQUIRE(message.starts_with("watchdog: gloo all_reduce #4 (40 bytes, group of 2) stuck for "));
+  REQUIRE(message.find(" s on rank 0; every rank has issued it") != std::string::npos);
+  REQUIRE(message.ends_with("; then it failed here: Connection closed by peer [127.0.0.1]:1"));
+}
+
 TEST_CASE("a stopped watchdog registers nothing, and end forgets an operation", "[watchdog]") {
   Reports reports;
   Watchdog watchdog(Millis(20));
@@ -190,4 +225,75 @@ TEST_CASE("a stopped watchdog registers nothing, and end forgets an operation", 
   std::this_thread::sleep_for(Millis(300));
   watchdog.stop();
   REQUIRE(reports.count() == 0);
+}
+
+TEST_CASE("every rank of a gloo group names the rank that called another collective, within 2x the timeout",
+          "[watchdog]") {
+  // Ranks 0 and 2 all_reduce 1000 floats as #2 while rank 1 broadcasts 10
+  // as #2: Gloo keeps the two apart (each collective has its own slots),
+  // so all three wait until the first Gloo timeout. That rank's Gloo closes
+  // its connections, which may fail another's wait a moment before its own
+  // timeout: reported then too (Note [Watchdog]), at least half the
+  // timeout after the issue.
+  constexpr Millis kTimeout{1000};
+  constexpr int kSize = 3;
+  Reports reports;
+  ProcessWatchdog running(reports);
+  std::shared_ptr<Store> store = make_memory_store();
+  std::vector<Clock::time_point> issued(kSize);
+  std::vector<std::string> failures(kSize);
+  std::vector<std::exception_ptr> errors(kSize);
+  std::latch finished(kSize);
+  auto rank = [&](int r) {
+    std::vector<float> x(r == 1 ? 10 : 1000, 1.f);
+    std::shared_ptr<Communicator> comm;
+    try {
+      comm = make_gloo_communicator(store, r, kSize, options(kTimeout));
+      comm->barrier()->wait(kWait);  // #1 on every rank
+      issued[r] = Clock::now();
+      std::shared_ptr<Work> work = r == 1 ? comm->broadcast(buf_of(x), 0) : comm->all_reduce(buf_of(x), ReduceOp::sum);
+      try {
+        work->wait(kWait);
+      } catch (const std::runtime_error& e) {  // Gloo's timeout, or a closed connection
+        failures[r] = e.what();
+      }
+    } catch (...) {
+      errors[r] = std::current_exception();
+    }
+    // A rank that closed its connections now would fail the collectives the
+    // others still wait in (a closed connection, not a timeout, which the
+    // watchdog does not report): every rank keeps its communicator until
+    // all three have timed out.
+    finished.arrive_and_wait();
+  };
+  std::vector<std::thread> threads;
+  for (int r = 0; r < kSize; r++) threads.emplace_back(rank, r);
+  for (std::thread& t : threads) t.join();
+  for (const std::exception_ptr& e : errors)
+    if (e) std::rethrow_exception(e);
+  REQUIRE(reports.wait_count(kSize, kWait) == kSize);  // once per rank
+  std::lock_guard<std::mutex> lock(reports.mutex);
+  for (int r = 0; r < kSize; r++) {
+    INFO("rank " << r << " failed with: " << failures[r]);
+    REQUIRE(!failures[r].empty());
+    std::string me = fmt::format("on rank {};", r);
+    auto it = std::find_if(reports.messages.begin(), reports.messages.end(),
+                           [&](const std::string& m) { return m.find(me) != std::string::npos; });
+    REQUIRE(it != reports.messages.end());
+    const std::string& message = *it;
+    auto took = reports.times[it - reports.messages.begin()] - issued[r];
+    INFO(message);
+    REQUIRE(took >= kTimeout / 2);
+    REQUIRE(took < 2 * kTimeout);
+    REQUIRE(message.find("have not issued") == std::string::npos);  // every rank issued #2, one of them otherwise
+    if (r == 1) {
+      REQUIRE(message.find("watchdog: gloo broadcast #2 (40 bytes, group of 3) stuck for ") == 0);
+      REQUIRE(message.find("; ranks that issued a different collective: rank 0 issued #2 as all_reduce (4000 bytes), "
+                           "rank 2 issued #2 as all_reduce (4000 bytes)") != std::string::npos);
+    } else {
+      REQUIRE(message.find("watchdog: gloo all_reduce #2 (4000 bytes, group of 3) stuck for ") == 0);
+      REQUIRE(message.find("; ranks that issued a different collective: rank 1 issued #2 as broadcast (40 bytes)") !=
+              std::string::npos);
+    }
+  }
 }

@@ -1,8 +1,9 @@
 // Data parallelism on the CPU with ranks as threads over Gloo: buckets, the
 // equivalence of N ranks with batch B and one rank with batch N*B, gradient
 // accumulation, the start-up check that every rank built the same model,
-// traces, and the buckets finish() issues itself (in a group, which the
-// simulated network, like Gloo, has no use for).
+// gradients sent as bf16 or f16, traces, and the buckets finish() issues
+// itself (in a group, which the simulated network, like Gloo, has no use
+// for).
 #include <fmt/format.h>
 
 #include <algorithm>
@@ -99,6 +100,9 @@ void require_same(const RunResult& a, const RunResult& b) {
   }
 }
 
+// `value` rounded to bf16 or f16 and back.
+float round_to(float value, DType dtype) { return dtype == DType::bf16 ? round_to_bf16(value) : round_to_f16(value); }
+
 }  // namespace
 
 TEST_CASE("buckets cover the gradients in reverse registration order", "[ddp]") {
@@ -168,20 +172,83 @@ TEST_CASE("a rank with a different model fails fast, naming the mismatch", "[ddp
   }
 }
 
-TEST_CASE("bf16 gradients on the wire train close to f32 ones", "[ddp]") {
+TEST_CASE("bf16 and f16 gradients on the wire train close to f32 ones", "[ddp]") {
   ImageDataset data = synthetic(640, fresh_seed());
-  TrainConfig exact = small_config(16, 1, 12), compressed = small_config(16, 1, 12);
-  compressed.grad_compression = "bf16";
-  RunResult a = run_ranks(2, exact, data), b = run_ranks(2, compressed, data);
-  REQUIRE(a.losses.size() == b.losses.size());
-  bool any_difference = false;
-  for (size_t i = 0; i < a.losses.size(); i++) {
-    INFO("step " << i + 1 << ": " << a.losses[i] << " vs " << b.losses[i]);
-    REQUIRE(std::fabs(a.losses[i] - b.losses[i]) <= 1e-2 * std::fabs(a.losses[i]));  // bf16 keeps ~3 digits
-    any_difference = any_difference || a.losses[i] != b.losses[i];
+  RunResult exact = run_ranks(2, small_config(16, 1, 12), data);
+  std::map<std::string, RunResult> runs;
+  std::map<std::string, double> weight_error;  // the worst over the parameters
+  for (const char* wire : {"bf16", "f16"}) {
+    INFO(wire << " on the wire");
+    TrainConfig compressed = small_config(16, 1, 12);
+    compressed.grad_compression = wire;
+    const RunResult& b = runs[wire] = run_ranks(2, compressed, data);
+    REQUIRE(exact.losses.size() == b.losses.size());
+    bool any_difference = false;
+    for (size_t i = 0; i < exact.losses.size(); i++) {
+      INFO("step " << i + 1 << ": " << exact.losses[i] << " vs " << b.losses[i]);
+      REQUIRE(std::fabs(exact.losses[i] - b.losses[i]) <= 1e-2 * std::fabs(exact.losses[i]));  // bf16 keeps ~3 digits
+      any_difference = any_difference || exact.losses[i] != b.losses[i];
+    }
+    REQUIRE(any_difference);  // the wire really carried 16 bits
+    for (auto& [name, w] : exact.weights) {
+      double e = rel_error(b.weights.at(name), w);
+      REQUIRE(e <= 2e-2);
+      weight_error[wire] = std::max(weight_error[wire], e);
+    }
   }
-  REQUIRE(any_difference);  // the wire really carried bf16
-  for (auto& [name, w] : a.weights) REQUIRE(rel_error(b.weights.at(name), w) <= 2e-2);
+  // Not the same 16 bits: f16's 3 more mantissa bits land closer to f32
+  // (about 4-15 times here; these gradients are far above f16's subnormals).
+  REQUIRE(runs["bf16"].losses != runs["f16"].losses);
+  REQUIRE(weight_error["f16"] < weight_error["bf16"]);
+}
+
+TEST_CASE("the reducer sends f32 gradients as bf16 or f16 and averages them in fp32", "[ddp]") {
+  // Two ranks: a + b is the same sum in either order, so the result is known
+  // exactly: each rank's gradients rounded to the wire dtype, summed and
+  // halved in fp32 (Gloo widens), rounded again, and widened back. The
+  // alignment gaps outside the buckets keep each rank's own values.
+  const models::MlpOptions shape{.in_features = 64, .hidden = {300, 200}, .classes = 10};
+  for (DType wire : {DType::bf16, DType::f16}) {
+    uint64_t seed = fresh_seed();
+    INFO(dtype_name(wire) << " seed=" << seed);
+    parallel::DdpOptions options{
+        .bucket_cap_mb = 0.25, .first_bucket_mb = 0.01, .timeout = std::chrono::seconds(30), .wire_dtype = wire};
+    models::Mlp layout(shape);
+    layout.params.allocate(Device::cpu(), DType::f32, 1);
+    int64_t n = layout.params.numel();
+    std::vector<bool> reduced(n, false);
+    for (const parallel::Bucket& b : parallel::assign_buckets(layout.params, options))
+      std::fill(reduced.begin() + b.begin, reduced.begin() + b.end, true);
+    std::vector<std::vector<float>> grads = {random_vector(n, seed), random_vector(n, seed + 1)}, want = grads;
+    for (int64_t i = 0; i < n; i++) {
+      if (!reduced[i]) continue;
+      want[0][i] = want[1][i] = round_to((round_to(grads[0][i], wire) + round_to(grads[1][i], wire)) / 2, wire);
+    }
+
+    std::vector<std::vector<float>> got(2);
+    std::vector<std::vector<DType>> wire_dtypes(2);
+    for_each_rank(2, [&](const parallel::ProcessGroup& pg) {
+      models::Mlp mlp(shape);
+      mlp.params.allocate(Device::cpu(), DType::f32, 1);
+      mlp.params.grads().copy_from(Tensor::from_vector(grads[pg.rank()], {n}));
+      parallel::Reducer reducer(mlp.params, pg.comm, options);
+      for (const parallel::Bucket& b : reducer.buckets()) wire_dtypes[pg.rank()].push_back(b.wire.dtype());
+      reducer.prepare();
+      reducer.finish(Stream());  // every bucket is left to finish()
+      got[pg.rank()] = mlp.params.grads().to_vector();
+    });
+    for (int r = 0; r < 2; r++) {
+      INFO("rank " << r);
+      REQUIRE(wire_dtypes[r].size() >= 3);
+      for (DType d : wire_dtypes[r]) REQUIRE(d == wire);
+      int64_t mismatches = 0, first = 0;
+      for (int64_t i = 0; i < n; i++)
+        if (!(got[r][i] == want[r][i]) && mismatches++ == 0) first = i;
+      INFO(mismatches << " mismatches, the first at " << first << ": " << got[r][first] << " vs " << want[r][first]);
+      REQUIRE(mismatches == 0);
+    }
+    REQUIRE(want[0] != grads[0]);  // rounding to 16 bits changed something
+  }
 }
 
 TEST_CASE("the trace of a 2-rank run shows all-reduces running during backward", "[ddp]") {
