@@ -2,7 +2,8 @@
 //
 //   tandem launch [--nproc-per-node N|gpu|cpu|auto] [--nnodes N --node-rank I
 //                 --master-addr H --master-port P] [--backend nccl|gloo]
-//                 [--max-restarts K] [--node-timeout SECONDS] -- command args...
+//                 [--max-restarts K] [--node-timeout SECONDS] [--stop-grace SECONDS]
+//                 -- command args...
 //
 // This file turns flags (or Slurm's variables) into a plan, serves the TCP
 // store on node 0, brings every node's launcher together, and builds each
@@ -34,6 +35,7 @@ using Clock = std::chrono::steady_clock;
 
 constexpr int kDefaultMasterPort = 29500;
 constexpr double kMinNodeTimeout = 1;  // s: heartbeats come every 250 ms at best (Note [Lost nodes])
+constexpr double kMaxStopGrace = 3600;  // s: a longer wait is a hung job, not a grace period
 constexpr Millis kJoinTimeout{300000};  // for every node's launcher to join
 constexpr Millis kJoinPoll{200};        // how often the joined nodes are counted
 constexpr Millis kMismatchWait{5000};   // node 0, for the others to see that the nodes disagree
@@ -47,6 +49,7 @@ struct LaunchArgs {
   std::string backend;
   int max_restarts = 0;
   double node_timeout = kDefaultNodeTimeout.count() / 1000.0;  // s
+  double stop_grace = kDefaultStopGrace.count() / 1000.0;      // s
   std::vector<std::string> command;
   CLI::Option *nproc_opt = nullptr, *nnodes_opt = nullptr, *node_rank_opt = nullptr, *addr_opt = nullptr,
               *port_opt = nullptr;
@@ -75,6 +78,8 @@ LaunchPlan resolve_plan(const LaunchArgs& a) {
     throw UserError(fmt::format("--max-restarts {}: expected 0 or more whole-job restarts", a.max_restarts));
   if (!(a.node_timeout >= kMinNodeTimeout && a.node_timeout <= 86400))
     throw UserError(fmt::format("--node-timeout {}: expected {} to 86400 seconds", a.node_timeout, kMinNodeTimeout));
+  if (!(a.stop_grace >= 0 && a.stop_grace <= kMaxStopGrace))
+    throw UserError(fmt::format("--stop-grace {}: expected 0 to {} seconds", a.stop_grace, kMaxStopGrace));
   if (a.command.empty()) throw UserError("no command to run: tandem launch [options] -- <command> [args...]");
   bool all_given = a.nproc_opt->count() && a.nnodes_opt->count() && a.node_rank_opt->count() && a.addr_opt->count();
   SlurmJob slurm = all_given ? SlurmJob{} : read_slurm_env();
@@ -91,6 +96,7 @@ LaunchPlan resolve_plan(const LaunchArgs& a) {
   p.backend = !a.backend.empty() ? a.backend : cuda_device_count() > 0 ? "nccl" : "gloo";
   p.max_restarts = a.max_restarts;
   p.node_timeout = Millis(static_cast<int64_t>(a.node_timeout * 1000));
+  p.stop_grace = Millis(static_cast<int64_t>(a.stop_grace * 1000));
   if (p.nnodes < 1) throw UserError(fmt::format("--nnodes {}: needs at least 1 node", p.nnodes));
   if (p.node_rank < 0 || p.node_rank >= p.nnodes)
     throw UserError(
@@ -262,6 +268,9 @@ void add_launch_command(CLI::App& app) {
                   "Seconds after which a silent node is lost (default 30, at least 1, the same on every node): node "
                   "0 ends the job when another node's launcher stops its heartbeats this long, and another node's "
                   "launcher stops its workers and exits when the store on node 0 does not answer this long");
+  cmd->add_option("--stop-grace,--stop_grace", args->stop_grace,
+                  "Seconds a worker has between SIGTERM and SIGKILL when the job stops: a worker failed, a node "
+                  "was lost or the launcher got a signal (a second one kills at once); default 10, 0 to 3600");
   cmd->add_option("command", args->command, "The command each worker runs; put -- before it");
   cmd->footer(
       "Each worker gets RANK, LOCAL_RANK, WORLD_SIZE, LOCAL_WORLD_SIZE, GROUP_RANK, MASTER_ADDR, MASTER_PORT,\n"

@@ -20,7 +20,7 @@ namespace {
 using collectives::Store;
 using Clock = std::chrono::steady_clock;
 
-constexpr Millis kStopGrace{10000};          // SIGTERM -> SIGKILL
+constexpr Millis kSettle{500};               // Note [Stopping workers]: for the others to end on their own
 constexpr Millis kTick{20};                  // how often workers and signals are checked
 constexpr Millis kStorePoll{200};            // how often the store's failure keys are checked
 constexpr Millis kMinHeartbeat{250};         // Note [Lost nodes]: heartbeats come every
@@ -91,7 +91,9 @@ class Launcher {
       publish_failure();
       int sig = signal_ ? signal_ : SIGTERM;
       int seen = signals_received();
-      group->stop(sig, kStopGrace, [seen] { return signals_received() > seen; });
+      auto signalled = [seen] { return signals_received() > seen; };
+      if (!final_) group->await_all(kSettle, signalled);  // Note [Stopping workers]
+      group->stop(sig, p_.stop_grace, signalled);
       if (signals_received() > 0 && !final_) {  // stopped by hand while stopping: no restart
         end_restarts(signal_text(last_signal()));
         publish_abort();
@@ -129,7 +131,12 @@ class Launcher {
   void supervise(WorkerGroup& group) {
     auto next_poll = Clock::now();
     while (true) {
-      for (const ExitCause& c : group.reap())
+      // Workers found ended in one pass died in an unknown order; one killed
+      // by a signal is the likelier cause of the others' errors (a peer's
+      // closed connection) than the other way round.
+      std::vector<ExitCause> ended = group.reap();
+      std::stable_partition(ended.begin(), ended.end(), [](const ExitCause& c) { return c.signaled; });
+      for (const ExitCause& c : ended)
         if (c.failed()) fail(c.exit_code(), c.describe(p_.nnodes > 1 ? p_.host : ""));
       if (got_signal() || failed() || group.all_exited()) return;
       if (store_ && Clock::now() >= next_poll) {
@@ -293,8 +300,13 @@ class Launcher {
       if (peer_lost_) return;
       auto deadline = Clock::now() + kFailureAckTimeout;
       int seen = signals_received();
-      while (store_->add("launch/gone", 0) < p_.nnodes - 1 && Clock::now() < deadline && signals_received() == seen)
+      while (store_->add("launch/gone", 0) < p_.nnodes - 1 && Clock::now() < deadline && signals_received() == seen) {
+        // A node whose launcher died never counts itself out: name it when
+        // its heartbeats stop, rather than wait out the whole grace.
+        heartbeat(/*watch=*/true);
+        if (peer_lost_) return;
         std::this_thread::sleep_for(kStorePoll);
+      }
     } catch (const std::exception&) {
       store_.reset();
     }

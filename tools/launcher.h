@@ -8,7 +8,8 @@
 // group keeps each attempt's keys under "attempt/A", so a restarted job
 // never reads the previous attempt's). When a worker fails (non-zero exit
 // or a signal), its launcher publishes the failure for that attempt and
-// stops its workers; every other launcher sees the key and stops its own.
+// stops its workers (Note [Stopping workers]); every other launcher sees
+// the key and stops its own.
 // With restarts left, each launcher prints one line naming the attempt's
 // failure and meets the others at a store barrier before it starts the
 // workers of attempt A+1 (same ranks, same store: node 0's launcher keeps
@@ -16,6 +17,17 @@
 // job's first failure. A signal to a launcher, a lost store, a silent node
 // or a node that does not come back to the barrier ends the job without
 // another restart ("launch/abort").
+//
+// Note [Stopping workers]: once an attempt has failed (a worker's exit or
+// signal, on this node or another), the launcher gives its other workers
+// 500 ms to end on their own before it sends SIGTERM (with SIGCONT, for a
+// stopped worker), then SIGKILL to each one still running --stop-grace
+// later (LaunchPlan::stop_grace), naming it. The wait is for the ranks
+// stuck in the collective that the failed one gave up on: their watchdogs
+// report it within a check interval (250 ms) of each other, each naming
+// the ranks it waited for (Note [Watchdog] in collectives/watchdog.h), and
+// a SIGTERM at once would cut off all but the first report. A signal to
+// the launcher, a lost node or a lost store stops the workers at once.
 //
 // Note [Lost nodes]: one timeout, --node-timeout T (LaunchPlan::node_timeout,
 // the same on every node), bounds how long a launcher takes to notice that
@@ -63,10 +75,15 @@ namespace tandem::tools {
 // after 3 missed keep-alives 5 s apart, 15 s), short next to the 300 s a
 // collective may take by default (comm_timeout).
 inline constexpr Millis kDefaultNodeTimeout{30000};
+// --stop-grace's default: how long a worker being stopped (another one
+// failed, or the launcher got a signal) has between SIGTERM and SIGKILL,
+// time enough to flush logs or finish writing a checkpoint.
+inline constexpr Millis kDefaultStopGrace{10000};
 
 struct LaunchPlan {
   int nproc = 1, nnodes = 1, node_rank = 0, master_port = 0, max_restarts = 0;
   Millis node_timeout = kDefaultNodeTimeout;  // Note [Lost nodes]
+  Millis stop_grace = kDefaultStopGrace;      // SIGTERM -> SIGKILL; each node its own
   bool port_given = false;  // else one node may move off a busy default port
   std::string master_addr, backend, token, host;
 };

@@ -8,6 +8,7 @@
 #include <cstdlib>
 #include <new>
 
+#include "collectives/communicator.h"
 #include "runtime/core/error.h"
 #include "runtime/core/log.h"
 #include "tools/commands.h"
@@ -35,6 +36,12 @@ int main(int argc, char** argv) {
   } catch (const tandem::UserError& e) {
     std::fprintf(stderr, "tandem: error: %s\n", e.what());
     return 2;
+  } catch (const tandem::collectives::PeerLost& e) {  // another rank or host failed: not a bug here
+    std::fprintf(stderr, "tandem: error: %s\n", e.what());
+    return 1;
+  } catch (const tandem::collectives::CollectiveTimeout& e) {
+    std::fprintf(stderr, "tandem: error: %s\n", e.what());
+    return 1;
   } catch (const std::bad_alloc&) {
     std::fprintf(stderr, "tandem: error: out of host memory: the model, batch or data set does not fit in RAM\n");
     return 2;

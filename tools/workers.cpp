@@ -263,18 +263,37 @@ void WorkerGroup::signal_all(int sig) {
     if (!w.exited) killpg(w.pid, sig);
 }
 
+bool WorkerGroup::await_all(Millis timeout, const std::function<bool()>& interrupt) {
+  auto deadline = std::chrono::steady_clock::now() + timeout;
+  while (true) {
+    reap();
+    if (all_exited()) return true;
+    if (std::chrono::steady_clock::now() >= deadline || (interrupt && interrupt())) return false;
+    sleep_tick();
+  }
+}
+
 void WorkerGroup::stop(int sig, Millis grace, const std::function<bool()>& escalate) {
   signal_all(sig);
   // A stopped worker (SIGSTOP, a debugger) would hold the signal until the
   // grace period ran out: continue it so it can act on it now.
   signal_all(SIGCONT);
-  auto deadline = std::chrono::steady_clock::now() + grace;
-  while (true) {
-    reap();
-    if (all_exited()) return;
-    if (std::chrono::steady_clock::now() >= deadline || (escalate && escalate())) break;
-    sleep_tick();
+  bool escalated = false;
+  if (await_all(grace, [&] { return escalate && (escalated = escalate()); })) return;
+  // Said, as torchrun does, so that a worker cut off in its cleanup (a
+  // checkpoint half written, logs not flushed) is not a mystery.
+  std::string said;
+  for (const Worker& w : workers_) {
+    if (w.exited) continue;
+    if (escalated)
+      said += fmt::format("tandem launch: killing rank {} (pid {}) with SIGKILL: the launcher was signalled again\n",
+                          w.rank, w.pid);
+    else
+      said += fmt::format("tandem launch: rank {} (pid {}) still running {:.1f} s after {} (--stop-grace); killing "
+                          "it with SIGKILL\n",
+                          w.rank, w.pid, std::chrono::duration<double>(grace).count(), signal_name(sig));
   }
+  write_locked(2, said);
   signal_all(SIGKILL);
   for (Worker& w : workers_) {
     if (w.exited) continue;

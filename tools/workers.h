@@ -85,10 +85,14 @@ class WorkerGroup {
 
   // Sends `sig` to the process group of every worker still running.
   void signal_all(int sig);
+  // Waits up to `timeout` for every worker to end on its own (reaping them,
+  // their causes dropped), or until `interrupt()` says to stop waiting;
+  // true when every worker has ended.
+  bool await_all(Millis timeout, const std::function<bool()>& interrupt);
   // Sends `sig` (SIGTERM, or the signal the launcher got) to every running
-  // worker, then waits up to `grace` for them to end; SIGKILL to the rest
-  // when the grace runs out or `escalate()` says so. Returns with every
-  // worker reaped.
+  // worker, then waits up to `grace` (--stop-grace) for them to end;
+  // SIGKILL to the rest, each named on stderr, when the grace runs out or
+  // `escalate()` says so. Returns with every worker reaped.
   void stop(int sig, Millis grace, const std::function<bool()>& escalate);
 
   // Waits (up to `drain`) for the output pipes to reach end of file, then

@@ -1,10 +1,13 @@
-// No hangs, end to end: a 2-rank `tandem launch ... tandem train` job whose
-// rank 1 is stopped (SIGSTOP) or killed (SIGKILL) once training runs. The
-// stopped case must end through rank 0's watchdog (Note [Watchdog] in
-// collectives/watchdog.h) within about twice comm_timeout; the killed case
-// through the launcher, naming rank 1's signal. Workers are found by a
-// marker in their command line (the metrics path) and RANK in their
-// environment; every command runs under `timeout 60` and leftovers are killed.
+// No hangs, end to end: a 3-rank `tandem launch ... tandem train` job (gloo)
+// whose rank 1 is stopped (SIGSTOP) or killed (SIGKILL) once training runs.
+// The stopped case must end through the watchdogs (Note [Watchdog] in
+// collectives/watchdog.h): each surviving rank, 0 and 2, reports the stuck
+// collective and names rank 1 within twice comm_timeout (the launcher waits
+// for the others' reports before it stops them, Note [Stopping workers] in
+// tools/launcher.h). The killed case ends through the launcher, naming rank
+// 1's signal. Workers are found by a marker in their command line (the
+// metrics path) and RANK in their environment; every command runs under
+// `timeout 60` and leftovers are killed.
 #include <signal.h>
 #include <fmt/format.h>
 
@@ -12,6 +15,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <regex>
 #include <sstream>
 #include <string>
 #include <thread>
@@ -26,6 +30,7 @@ using Clock = std::chrono::steady_clock;
 namespace {
 
 constexpr int kCommTimeoutS = 3;
+constexpr int kRanks = 3;  // two survivors, each of which must report
 
 bool have_data() { return fs::exists("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz"); }
 
@@ -48,11 +53,11 @@ struct Job {
     marker = (dir / "m.jsonl").string();
     std::string source = std::getenv("TANDEM_SOURCE_DIR") ? std::getenv("TANDEM_SOURCE_DIR") : ".";
     std::string cmd = fmt::format(
-        "env -u TANDEM_JOB_TOKEN -u SLURM_NNODES -u SLURM_JOB_NUM_NODES timeout 60 {0} launch --nproc-per-node 2 "
-        "--master-port 0 -- {0} train --config {1}/models/mlp/fashion.toml --set comm_timeout={2} "
+        "env -u TANDEM_JOB_TOKEN -u SLURM_NNODES -u SLURM_JOB_NUM_NODES timeout 60 {0} launch --nproc-per-node {5} "
+        "--backend gloo --master-port 0 -- {0} train --config {1}/models/mlp/fashion.toml --set comm_timeout={2} "
         "--set mlp.hidden=[32] --set max_steps=100000 --set eval_every=1000000 --set log_every=10 "
         "--metrics-out {3} > {4}/out 2>&1; echo $? > {4}/rc",
-        tandem_binary(), source, kCommTimeoutS, marker, dir.string());
+        tandem_binary(), source, kCommTimeoutS, marker, dir.string(), kRanks);
     started = Clock::now();
     REQUIRE(run_shell("(" + cmd + ") > /dev/null 2>&1 &").exit_code == 0);
   }
@@ -91,46 +96,63 @@ struct Job {
     return std::atoi(rc.c_str());
   }
 
-  // Seconds from `since` until the output holds `text` (60 at most).
-  double wait_output(const std::string& text, Clock::time_point since) {
+  std::string output() { return read_file(dir / "out"); }
+
+  // Rank `rank`'s watchdog line, as the launcher forwards it ("" if none yet).
+  std::string watchdog_line(int rank) {
+    std::istringstream out(output());
+    for (std::string line; std::getline(out, line);)
+      if (line.starts_with(fmt::format("[rank {}] ", rank)) && line.find("watchdog: gloo ") != std::string::npos)
+        return line;
+    return "";
+  }
+
+  // Seconds from `since` until rank `rank` reported (60 at most).
+  double wait_report(int rank, Clock::time_point since) {
     Clock::time_point deadline = Clock::now() + std::chrono::seconds(60);
-    while (Clock::now() < deadline && output().find(text) == std::string::npos)
+    while (Clock::now() < deadline && watchdog_line(rank).empty())
       std::this_thread::sleep_for(std::chrono::milliseconds(20));
     return std::chrono::duration<double>(Clock::now() - since).count();
   }
-
-  std::string output() { return read_file(dir / "out"); }
 };
 
 }  // namespace
 
-TEST_CASE("a stopped rank: rank 0's watchdog names it and the job ends non-zero", "[e2e][hang]") {
+TEST_CASE("a stopped rank: every other rank's watchdog names it and the job ends non-zero", "[e2e][hang]") {
   if (!have_data()) {
     WARN("SKIPPED: Fashion-MNIST is not installed (run tools/setup.sh)");
     return;
   }
   Job job;
-  int pid = job.worker_pid(1);
+  int pids[kRanks];
+  for (int r = 0; r < kRanks; r++) pids[r] = job.worker_pid(r);
   Clock::time_point stopped = Clock::now();
-  REQUIRE(kill(pid, SIGSTOP) == 0);
-  // Rank 0's watchdog line, as the launcher forwards it.
-  double seconds = job.wait_output("watchdog: gloo ", stopped);
+  REQUIRE(kill(pids[1], SIGSTOP) == 0);
+  double reported[kRanks] = {};
+  for (int r : {0, 2}) reported[r] = job.wait_report(r, stopped);
   // The launcher continues the stopped rank along with its SIGTERM, so the
-  // whole job ends soon after the report, not after the SIGKILL grace.
+  // whole job ends soon after the reports, not after the SIGKILL grace.
   double total = 0;
   int rc = job.wait_exit(stopped, &total);
   std::string out = job.output();
   INFO(out);
-  REQUIRE(rc != 0);
-  REQUIRE(seconds < 2 * kCommTimeoutS);
+  REQUIRE(rc == 124);  // a watchdog's exit, passed on by the launcher
   REQUIRE(total < 2 * kCommTimeoutS + 4);
-  size_t at = out.find("watchdog: gloo ");
-  REQUIRE(at != std::string::npos);
-  std::string line = out.substr(at, out.find('\n', at) - at);
-  INFO(line);
-  REQUIRE(line.find("on rank 0;") != std::string::npos);
-  REQUIRE(line.find("rank 1") != std::string::npos);
   REQUIRE(out.find("exited with code 124") != std::string::npos);
+  for (int r : {0, 2}) {
+    std::string line = job.watchdog_line(r);
+    INFO("rank " << r << ": " << line);
+    REQUIRE(reported[r] < 2 * kCommTimeoutS);
+    // The collective (op, sequence number, size), the rank reporting, and
+    // rank 1 as the one that has not issued it or has stopped.
+    std::regex stuck(fmt::format(R"(watchdog: gloo (all_reduce|broadcast) #\d+ \(\d+ bytes, group of {}\) stuck for )"
+                                 R"([\d.]+ s on rank {};)",
+                                 kRanks, r));
+    REQUIRE(std::regex_search(line, stuck));
+    REQUIRE((line.find("rank 1 (last issued #") != std::string::npos ||
+             line.find("from rank 1 (stopped, or its process hangs)") != std::string::npos));
+  }
+  for (int pid : pids) REQUIRE(gone(pid));
 }
 
 TEST_CASE("a killed rank: the launcher ends the job promptly, naming rank 1's signal", "[e2e][hang]") {
@@ -139,13 +161,18 @@ TEST_CASE("a killed rank: the launcher ends the job promptly, naming rank 1's si
     return;
   }
   Job job;
-  int pid = job.worker_pid(1);
-  REQUIRE(kill(pid, SIGKILL) == 0);
+  int pids[kRanks];
+  for (int r = 0; r < kRanks; r++) pids[r] = job.worker_pid(r);
+  REQUIRE(kill(pids[1], SIGKILL) == 0);
   double seconds = 0;
   int rc = job.wait_exit(Clock::now(), &seconds);
   std::string out = job.output();
   INFO(out);
-  REQUIRE(rc != 0);
+  REQUIRE(rc == 128 + SIGKILL);
   REQUIRE(seconds < kCommTimeoutS + 4);
-  REQUIRE(out.find("killed by signal SIGKILL") != std::string::npos);
+  REQUIRE(std::regex_search(out, std::regex(R"(tandem launch: rank 1 \(pid \d+\) killed by signal SIGKILL\n$)")));
+  // A survivor that saw the dead peer's connection reset says so as an
+  // error of the job, not as a bug of its own.
+  REQUIRE(out.find("internal error") == std::string::npos);
+  for (int pid : pids) REQUIRE(gone(pid));
 }

@@ -1,6 +1,7 @@
 // `tandem launch` as a user runs it: the torchrun variables, rank-prefixed
-// whole lines, the first failure's cause and exit code, signals, two
-// launchers forming one job, and one clear line for each kind of bad input.
+// whole lines, the first failure's cause and exit code, signals, a worker
+// that ignores SIGTERM (killed after --stop-grace), two launchers forming
+// one job, and one clear line for each kind of bad input.
 // Every command runs under `timeout 20` or a deadline, and every test checks
 // that the workers it started are gone.
 #include <fcntl.h>
@@ -65,11 +66,63 @@ size_t count_lines(const std::string& text, const std::string& line) {
 
 bool contains(const std::string& text, const std::string& needle) { return text.find(needle) != std::string::npos; }
 
+size_t count_matches(const std::string& text, const std::regex& re) {
+  return static_cast<size_t>(std::distance(std::sregex_iterator(text.begin(), text.end(), re), std::sregex_iterator()));
+}
+
+// Workers for the --stop-grace tests, on every attempt: rank 0 traps
+// SIGTERM (says "got SIGTERM" and carries on) and would run for 30 s; rank
+// 1 waits until rank 0's trap is set (a file in `dir`), then exits with 3.
+// Each says "pid P attempt A".
+std::string ignores_sigterm_workers(const fs::path& dir) {
+  return fmt::format(
+      "sh -c 'echo pid $$ attempt $TANDEM_RESTART_COUNT; ready={}/ready$TANDEM_RESTART_COUNT; "
+      "if [ $RANK = 1 ]; then while [ ! -e $ready ]; do sleep 0.02; done; exit 3; fi; "
+      "trap \"echo got SIGTERM\" TERM; touch $ready; i=0; while [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done'",
+      dir.string());
+}
+
+// Rank `rank`'s pid on attempt `attempt`, as ignores_sigterm_workers says it.
+pid_t pid_of(const std::string& output, int rank, int attempt) {
+  std::smatch m;
+  std::regex re(fmt::format(R"(\[rank {}\] pid (\d+) attempt {}\n)", rank, attempt));
+  return std::regex_search(output, m, re) ? std::stoi(m[1]) : -1;
+}
+
 std::string read_file(const fs::path& path) {
   std::ifstream in(path);
   std::stringstream ss;
   ss << in.rdbuf();
   return ss.str();
+}
+
+// Whether a process of group `pgid` still runs: a zombie does not count
+// (whoever it was reparented to may reap it late).
+bool group_running(pid_t pgid) {
+  std::error_code ec;
+  for (const auto& entry : fs::directory_iterator("/proc", ec)) {
+    std::string stat = read_file(entry.path() / "stat");  // "pid (comm) state ppid pgrp ..."
+    size_t paren = stat.rfind(')');
+    if (paren == std::string::npos) continue;
+    char state = 0;
+    int ppid = 0, pgrp = 0;
+    if (std::sscanf(stat.c_str() + paren + 1, " %c %d %d", &state, &ppid, &pgrp) == 3 && pgrp == pgid &&
+        state != 'Z' && state != 'X')
+      return true;
+  }
+  return false;
+}
+
+// True once no process of group `pgid` (a worker's group has its pid)
+// runs; waits up to 3 s, then kills the group, as gone() does.
+bool group_gone(pid_t pgid) {
+  auto deadline = Clock::now() + std::chrono::seconds(3);
+  while (Clock::now() < deadline) {
+    if (!group_running(pgid)) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  kill(-pgid, SIGKILL);
+  return false;
 }
 
 // A launcher in the background, its stdout and stderr in a file; killed
@@ -206,6 +259,65 @@ TEST_CASE("launch reports a worker killed by a signal as 128 + signal", "[e2e][l
   for (pid_t pid : announced_pids(r.output)) REQUIRE(gone(pid));
 }
 
+TEST_CASE("a worker that ignores SIGTERM is killed --stop-grace after another fails", "[e2e][launch]") {
+  constexpr double kGrace = 1;  // s
+  fs::path dir = fs::temp_directory_path() / fmt::format("tandem_grace_{}", fresh_seed());
+  fs::create_directories(dir);
+  Run r = run(launch(fmt::format("--nproc-per-node 2 --master-port 0 --stop-grace {} -- {}", kGrace,
+                                 ignores_sigterm_workers(dir))) +
+              " 2>&1");
+  fs::remove_all(dir);
+  INFO(r.output);
+  REQUIRE(r.exit_code == 3);
+  pid_t failed = pid_of(r.output, 1, 0), ignorer = pid_of(r.output, 0, 0);
+  REQUIRE(failed > 0);
+  REQUIRE(ignorer > 0);
+  // The job's cause is rank 1's, the last line; rank 0 got SIGTERM, lived
+  // on, and was killed with SIGKILL once the grace ran out, not before.
+  REQUIRE(r.output.ends_with(fmt::format("tandem launch: rank 1 (pid {}) exited with code 3\n", failed)));
+  REQUIRE(count_lines(r.output, "[rank 0] got SIGTERM") == 1);
+  REQUIRE(count_lines(r.output, fmt::format("tandem launch: rank 0 (pid {}) still running 1.0 s after SIGTERM "
+                                            "(--stop-grace); killing it with SIGKILL",
+                                            ignorer)) == 1);
+  REQUIRE(r.seconds >= kGrace);
+  REQUIRE(r.seconds < kGrace + 4);
+  REQUIRE(group_gone(ignorer));  // the shell and its sleep
+  REQUIRE(contains(run(tandem_binary() + " launch --help").output, "--stop-grace"));
+}
+
+TEST_CASE("with --max-restarts 1 each attempt waits --stop-grace; the job ends with the first failure",
+          "[e2e][launch]") {
+  constexpr double kGrace = 1;  // s
+  fs::path dir = fs::temp_directory_path() / fmt::format("tandem_grace_{}", fresh_seed());
+  fs::create_directories(dir);
+  Run r = run(launch(fmt::format("--nproc-per-node 2 --master-port 0 --max-restarts 1 --stop_grace {} -- {}", kGrace,
+                                 ignores_sigterm_workers(dir))) +
+              " 2>&1");
+  fs::remove_all(dir);
+  INFO(r.output);
+  REQUIRE(r.exit_code == 3);
+  pid_t first = pid_of(r.output, 1, 0), second = pid_of(r.output, 1, 1);
+  REQUIRE(first > 0);
+  REQUIRE(second > 0);
+  REQUIRE(count_lines(r.output, fmt::format("tandem launch: rank 1 (pid {}) exited with code 3; restarting the job "
+                                            "(restart 1 of 1)",
+                                            first)) == 1);
+  REQUIRE(count_lines(r.output, fmt::format("tandem launch: rank 1 (pid {}) exited with code 3; no restarts left "
+                                            "(--max-restarts 1); the job's first failure follows",
+                                            second)) == 1);
+  REQUIRE(r.output.ends_with(fmt::format("tandem launch: rank 1 (pid {}) exited with code 3\n", first)));
+  REQUIRE(count_lines(r.output, "[rank 0] got SIGTERM") == 2);
+  REQUIRE(count_matches(r.output, std::regex(R"(tandem launch: rank 0 \(pid \d+\) still running 1\.0 s after )"
+                                             R"(SIGTERM \(--stop-grace\); killing it with SIGKILL\n)")) == 2);
+  REQUIRE(r.seconds >= 2 * kGrace);
+  REQUIRE(r.seconds < 2 * kGrace + 5);
+  for (int attempt = 0; attempt < 2; attempt++) {
+    pid_t ignorer = pid_of(r.output, 0, attempt);
+    REQUIRE(ignorer > 0);
+    REQUIRE(group_gone(ignorer));  // the shell and its sleep
+  }
+}
+
 TEST_CASE("SIGTERM to the launcher stops its workers", "[e2e][launch]") {
   Background launcher({"--nproc-per-node", "2", "--nnodes", "1", "--node-rank", "0", "--master-port", "0", "--", "sh",
                        "-c", "echo pid $$; exec sleep 30"});
@@ -297,6 +409,7 @@ TEST_CASE("launch gives one clear line (exit 2) for each bad invocation", "[e2e]
       {"--nnodes 2 --node-rank 0 --master-port 29999 -- true", "", "TANDEM_JOB_TOKEN"},
       {"--max-restarts -1 -- true", "", "--max-restarts -1: expected 0 or more"},
       {"--node-timeout 0.5 -- true", "", "--node-timeout 0.5: expected 1 to 86400 seconds"},
+      {"--stop-grace -1 -- true", "", "--stop-grace -1: expected 0 to 3600 seconds"},
       {"--nnodes 2 --node-rank 2 -- true", "", "--node-rank 2 is outside 0..1"},
       {"--nproc-per-node 0 -- true", "", "--nproc-per-node '0'"},
       {"--nproc-per-node many -- true", "", "--nproc-per-node 'many'"},
