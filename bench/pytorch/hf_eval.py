@@ -11,22 +11,10 @@ GPT2LMHeadModel.from_pretrained and prints the same JSON line as
 Exit code 77 (skipped) when torch or transformers is not installed.
 """
 import argparse
-import array
 import json
 import sys
 
-
-def read_tokens(path):
-    with open(path, "rb") as f:
-        header = array.array("i")
-        header.frombytes(f.read(256 * 4))
-        if header[0] != 20240520 or header[1] != 1:
-            sys.exit(f"{path}: not an llm.c token file (magic {header[0]}, version {header[1]})")
-        tokens = array.array("H")
-        tokens.frombytes(f.read(header[2] * 2))
-    if sys.byteorder != "little":
-        tokens.byteswap()
-    return tokens
+from llmc_tokens import mean_token_loss, read_tokens
 
 
 def main():
@@ -39,7 +27,6 @@ def main():
     args = p.parse_args()
     try:
         import torch
-        import torch.nn.functional as F
         from transformers import GPT2LMHeadModel
     except ImportError as e:
         print(f"SKIPPED: {e.name} is not installed", file=sys.stderr)
@@ -47,15 +34,7 @@ def main():
 
     model = GPT2LMHeadModel.from_pretrained(args.checkpoint, torch_dtype=torch.float64).eval()
     tokens = read_tokens(args.data)
-    B, T = args.batch_size, args.seq_len
-    total = 0.0
-    with torch.no_grad():
-        for i in range(args.batches):
-            chunk = torch.tensor(tokens[i * B * T : (i + 1) * B * T + 1], dtype=torch.long)
-            x, y = chunk[:-1].view(B, T), chunk[1:].view(B, T)
-            logits = model(x).logits
-            total += F.cross_entropy(logits.reshape(B * T, -1), y.reshape(-1)).item()
-    print(json.dumps({"loss": total / args.batches, "batches": args.batches, "batch_size": B, "seq_len": T}))
+    print(json.dumps(mean_token_loss(lambda x: model(x).logits, tokens, args.batch_size, args.seq_len, args.batches)))
 
 
 if __name__ == "__main__":

@@ -19,7 +19,6 @@ Exit code 77 (skipped) when torch is not installed. Reads the safetensors
 file itself, so the safetensors package is not needed.
 """
 import argparse
-import array
 import gzip
 import json
 import os
@@ -28,6 +27,8 @@ import sys
 import tomllib
 
 import numpy as np
+
+from llmc_tokens import mean_token_loss, read_tokens
 
 try:
     import torch
@@ -165,19 +166,6 @@ def find(directory, stem):
     sys.exit(f"{directory}: no {stem}[.gz]")
 
 
-def read_tokens(path):
-    with open(path, "rb") as f:
-        header = array.array("i")
-        header.frombytes(f.read(256 * 4))
-        if header[0] != 20240520 or header[1] != 1:
-            sys.exit(f"{path}: not an llm.c token file (magic {header[0]}, version {header[1]})")
-        tokens = array.array("H")
-        tokens.frombytes(f.read(header[2] * 2))
-    if sys.byteorder != "little":
-        tokens.byteswap()
-    return tokens
-
-
 # ---- evaluation
 
 
@@ -194,17 +182,6 @@ def eval_images(model, data_dir, batch_size):
         loss += F.cross_entropy(logits, y, reduction="sum").item()
         correct += (logits.argmax(dim=1) == y).sum().item()
     return {"loss": loss / len(x), "accuracy": correct / len(x), "images": len(x)}
-
-
-def eval_tokens(model, path, B, T, batches):
-    tokens = read_tokens(path)
-    batches = batches or (len(tokens) - 1) // (B * T)
-    total = 0.0
-    for i in range(batches):
-        chunk = torch.tensor(tokens[i * B * T : (i + 1) * B * T + 1], dtype=torch.long)
-        x, y = chunk[:-1].view(B, T), chunk[1:].view(B, T)
-        total += F.cross_entropy(model(x).reshape(B * T, -1), y.reshape(-1)).item()
-    return {"loss": total / batches, "batches": batches, "batch_size": B, "seq_len": T}
 
 
 def main():
@@ -236,7 +213,7 @@ def main():
         if not args.data:
             sys.exit("--data (a token file) is required for the lstm")
         seq_len = args.seq_len or config.get("seq_len", 64)
-        out = eval_tokens(model, args.data, args.batch_size or 4, seq_len, args.batches)
+        out = mean_token_loss(model, read_tokens(args.data), args.batch_size or 4, seq_len, args.batches)
     else:
         out = eval_images(model, args.data or config["data_dir"], args.batch_size or 1000)
     print(json.dumps(out))

@@ -6,8 +6,6 @@
 // rank starts first; a rank with a wrong or no token, and a rank 0 whose
 // port is taken, get one clear line. Every process runs under a deadline.
 #include <fmt/format.h>
-#include <netinet/in.h>
-#include <sys/socket.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -18,7 +16,7 @@
 #include <regex>
 #include <thread>
 
-#include "runtime/safetensors.h"
+#include "support/ddp_job.h"
 #include "support/process.h"
 #include "support/testing.h"
 
@@ -29,18 +27,9 @@ using Clock = std::chrono::steady_clock;
 
 namespace {
 
-constexpr int kSteps = 12;
 constexpr auto kDeadline = std::chrono::seconds(60);
 
 std::string config() { return source_path("models/mlp/fashion.toml"); }
-
-// The job of tests/e2e/ddp_launch.cpp: `batch` per rank, metrics and the final checkpoint under `dir`.
-std::string train_args(int64_t batch, const fs::path& dir, const std::string& extra = "") {
-  return fmt::format(" train --config {} --set batch_size={} --set max_steps={} --set log_every=1 --set eval_every=1000"
-                     " --set mlp.hidden=[64] --set optimizer=sgd --set lr=0.05 --set bucket_cap_mb=0.05{}"
-                     " --metrics-out {}/metrics.jsonl --ckpt-dir {}/ckpt",
-                     config(), batch, kSteps, extra, dir.string(), dir.string());
-}
 
 // The environment of rank `rank` of 2 started by hand; `token` empty: none.
 // TANDEM_RESTART_COUNT is what tells a rank it runs under the launcher, so
@@ -52,37 +41,6 @@ std::string by_hand(int rank, int port, const std::string& token) {
                      token_env, rank, rank, port, tandem_binary());
 }
 
-struct Result {
-  std::vector<double> losses;
-  std::map<std::string, std::vector<float>> weights;
-};
-
-Result read_result(const fs::path& dir) {
-  Result r;
-  std::ifstream in(dir / "metrics.jsonl");
-  for (std::string line; std::getline(in, line);) {
-    auto j = nlohmann::json::parse(line);
-    if (j.contains("loss")) r.losses.push_back(j["loss"].get<double>());
-  }
-  auto file = read_safetensors((dir / "ckpt" / fmt::format("step_{:08d}", kSteps) / "model.safetensors").string());
-  for (auto& [name, t] : file.tensors) r.weights[name] = t.to_vector();
-  return r;
-}
-
-void require_same(const Result& a, const Result& b) {
-  REQUIRE(a.losses.size() == kSteps);
-  REQUIRE(a.losses.size() == b.losses.size());
-  for (size_t i = 0; i < a.losses.size(); i++) {
-    INFO("step " << i + 1 << ": " << a.losses[i] << " vs " << b.losses[i]);
-    REQUIRE(std::fabs(a.losses[i] - b.losses[i]) <= 1e-5 * std::fabs(b.losses[i]));
-  }
-  REQUIRE(!a.weights.empty());
-  for (auto& [name, w] : a.weights) {
-    INFO(name);
-    REQUIRE(rel_error(w, b.weights.at(name)) <= 1e-5);
-  }
-}
-
 bool have_data() { return fs::exists("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz"); }
 
 // Starts both ranks (rank 1 `head_start` before rank 0) and requires both to succeed.
@@ -91,11 +49,11 @@ void run_job(const fs::path& dir, std::chrono::milliseconds head_start) {
   int port = free_port();
   std::string token = fmt::format("by-hand-{}", fresh_seed());
   auto deadline = Clock::now() + kDeadline;
-  BackgroundProcess rank1(by_hand(1, port, token) + train_args(32, dir), dir / "rank1.log");
+  BackgroundProcess rank1(by_hand(1, port, token) + ddp_job_args(32, dir), dir / "rank1.log");
   std::this_thread::sleep_for(head_start);
   INFO("rank 1 so far:\n" << rank1.output());
   REQUIRE(rank1.running());  // still retrying the store, not failed
-  BackgroundProcess rank0(by_hand(0, port, token) + train_args(32, dir), dir / "rank0.log");
+  BackgroundProcess rank0(by_hand(0, port, token) + ddp_job_args(32, dir), dir / "rank0.log");
   std::optional<int> rc0 = rank0.wait_until(deadline), rc1 = rank1.wait_until(deadline);
   INFO("rank 0:\n" << rank0.output() << "\n--- rank 1:\n" << rank1.output());
   REQUIRE(rc0 == 0);
@@ -116,20 +74,20 @@ TEST_CASE("2 ranks started by hand train like one process with twice the batch, 
     return;
   }
   fs::path dir = fs::temp_directory_path() / fmt::format("tandem_by_hand_{}", fresh_seed());
-  ShellResult one = run_shell(tandem_binary() + train_args(64, dir / "one") + " 2>&1");
+  ShellResult one = run_shell(tandem_binary() + ddp_job_args(64, dir / "one") + " 2>&1");
   INFO(one.output);
   REQUIRE(one.exit_code == 0);
-  Result expected = read_result(dir / "one");
+  DdpJobResult expected = read_ddp_job(dir / "one");
 
   {
     INFO("started together");
     run_job(dir / "together", std::chrono::milliseconds(0));
-    require_same(read_result(dir / "together"), expected);
+    require_same_job(read_ddp_job(dir / "together"), expected);
   }
   {
     INFO("rank 1 started two seconds before rank 0");
     run_job(dir / "rank1_first", std::chrono::milliseconds(2000));
-    require_same(read_result(dir / "rank1_first"), expected);
+    require_same_job(read_ddp_job(dir / "rank1_first"), expected);
   }
   fs::remove_all(dir);
 }
@@ -165,16 +123,7 @@ TEST_CASE("a rank started by hand with a wrong or no job token is refused with o
 
 TEST_CASE("rank 0 started by hand on a port in use names the port", "[e2e][by_hand]") {
   // Hold a port the way another job's store would.
-  int fd = socket(AF_INET, SOCK_STREAM, 0);
-  REQUIRE(fd >= 0);
-  sockaddr_in addr = {};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  REQUIRE(bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0);
-  REQUIRE(listen(fd, 1) == 0);
-  socklen_t len = sizeof addr;
-  REQUIRE(getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) == 0);
-  int port = ntohs(addr.sin_port);
+  auto [fd, port] = hold_port();
 
   ShellResult r = run_shell(by_hand(0, port, "some-token") + " train --config " + config() + " 2>&1");
   close(fd);

@@ -12,8 +12,7 @@
 #include <nlohmann/json.hpp>
 #include <thread>
 
-
-#include "runtime/safetensors.h"
+#include "support/ddp_job.h"
 #include "support/process.h"
 #include "support/testing.h"
 
@@ -32,43 +31,6 @@ int shell(const std::string& cmd, std::string* output = nullptr) {
 std::string binary() { return tandem_binary(); }
 std::string config() { return source_path("models/mlp/fashion.toml"); }
 
-std::string train_args(int64_t batch, const fs::path& dir) {
-  return fmt::format(" train --config {} --set batch_size={} --set max_steps=12 --set log_every=1 --set eval_every=1000"
-                     " --set mlp.hidden=[64] --set optimizer=sgd --set lr=0.05 --set bucket_cap_mb=0.05"
-                     " --metrics-out {}/metrics.jsonl --ckpt-dir {}/ckpt",
-                     config(), batch, dir.string(), dir.string());
-}
-
-struct Result {
-  std::vector<double> losses;
-  std::map<std::string, std::vector<float>> weights;
-};
-
-Result read_result(const fs::path& dir) {
-  Result r;
-  std::ifstream in(dir / "metrics.jsonl");
-  for (std::string line; std::getline(in, line);) {
-    auto j = nlohmann::json::parse(line);
-    if (j.contains("loss")) r.losses.push_back(j["loss"].get<double>());
-  }
-  auto file = read_safetensors((dir / "ckpt" / "step_00000012" / "model.safetensors").string());
-  for (auto& [name, t] : file.tensors) r.weights[name] = t.to_vector();
-  return r;
-}
-
-void require_same(const Result& a, const Result& b) {
-  REQUIRE(a.losses.size() == 12);
-  REQUIRE(a.losses.size() == b.losses.size());
-  for (size_t i = 0; i < a.losses.size(); i++) {
-    INFO("step " << i + 1 << ": " << a.losses[i] << " vs " << b.losses[i]);
-    REQUIRE(std::fabs(a.losses[i] - b.losses[i]) <= 1e-5 * std::fabs(b.losses[i]));
-  }
-  for (auto& [name, w] : a.weights) {
-    INFO(name);
-    REQUIRE(rel_error(w, b.weights.at(name)) <= 1e-5);
-  }
-}
-
 bool have_data() { return fs::exists("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz"); }
 
 }  // namespace
@@ -80,16 +42,16 @@ TEST_CASE("2 launched ranks train like one process with twice the batch", "[e2e]
   }
   fs::path dir = fs::temp_directory_path() / fmt::format("tandem_ddp_e2e_{}", fresh_seed());
   std::string out;
-  REQUIRE(shell(binary() + train_args(64, dir / "one"), &out) == 0);
+  REQUIRE(shell(binary() + ddp_job_args(64, dir / "one"), &out) == 0);
   INFO(out);
   int rc = shell(fmt::format("timeout 120 {} launch --nproc-per-node 2 --master-port 0 -- {}{}", binary(), binary(),
-                             train_args(32, dir / "two")),
+                             ddp_job_args(32, dir / "two")),
                  &out);
   INFO(out);
   REQUIRE(rc == 0);
   REQUIRE(out.find("[rank 1]") != std::string::npos);
-  Result one = read_result(dir / "one"), two = read_result(dir / "two");
-  require_same(two, one);
+  DdpJobResult one = read_ddp_job(dir / "one"), two = read_ddp_job(dir / "two");
+  require_same_job(two, one);
 
   std::ifstream in(dir / "two" / "metrics.jsonl");
   std::string line;
@@ -108,21 +70,21 @@ TEST_CASE("two launchers of 2 ranks form one job that trains like one process", 
   }
   fs::path dir = fs::temp_directory_path() / fmt::format("tandem_2node_{}", fresh_seed());
   std::string out;
-  REQUIRE(shell(binary() + train_args(64, dir / "one"), &out) == 0);
+  REQUIRE(shell(binary() + ddp_job_args(64, dir / "one"), &out) == 0);
   int port = free_port();
   std::string launch = fmt::format("TANDEM_JOB_TOKEN=test-token-{} timeout 60 {} launch --nnodes 2 --nproc-per-node 2 "
                                    "--master-addr 127.0.0.1 --master-port {} --node-rank ",
                                    port, binary(), port);
   std::string out1;
   int rc1 = -1;
-  std::thread node1([&] { rc1 = shell(launch + "1 -- " + binary() + train_args(16, dir / "node1"), &out1); });
-  int rc0 = shell(launch + "0 -- " + binary() + train_args(16, dir / "four"), &out);
+  std::thread node1([&] { rc1 = shell(launch + "1 -- " + binary() + ddp_job_args(16, dir / "node1"), &out1); });
+  int rc0 = shell(launch + "0 -- " + binary() + ddp_job_args(16, dir / "four"), &out);
   node1.join();
   INFO(out << "\n--- node 1:\n" << out1);
   REQUIRE(rc0 == 0);
   REQUIRE(rc1 == 0);
   REQUIRE(out1.find("[rank 3]") != std::string::npos);
-  require_same(read_result(dir / "four"), read_result(dir / "one"));
+  require_same_job(read_ddp_job(dir / "four"), read_ddp_job(dir / "one"));
   fs::remove_all(dir);
 }
 

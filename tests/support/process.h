@@ -62,18 +62,30 @@ inline std::string source_path(const std::string& rel) {
   return std::string(src) + "/" + rel;
 }
 
-// A port nothing listens on right now (the kernel's pick).
-inline int free_port() {
+// A loopback socket on a port of the kernel's pick, listening (as another
+// job's store would) until the caller closes `fd`.
+struct HeldPort {
+  int fd, port;
+};
+
+inline HeldPort hold_port() {
   int fd = socket(AF_INET, SOCK_STREAM, 0);
   REQUIRE(fd >= 0);
   sockaddr_in addr = {};
   addr.sin_family = AF_INET;
   addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
   REQUIRE(bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0);
+  REQUIRE(listen(fd, 1) == 0);
   socklen_t len = sizeof addr;
   REQUIRE(getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) == 0);
-  close(fd);
-  return ntohs(addr.sin_port);
+  return {fd, ntohs(addr.sin_port)};
+}
+
+// A port nothing listens on right now (the kernel's pick).
+inline int free_port() {
+  HeldPort held = hold_port();
+  close(held.fd);
+  return held.port;
 }
 
 // The pids workers announced with a "pid N" line (after a "[rank R] " prefix).
