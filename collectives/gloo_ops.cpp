@@ -133,30 +133,27 @@ void GlooOps::barrier(const OpDesc& op) {
 }
 
 // f32 scratch holding elements [first, first + n) of `b` (f32, bf16 or
-// f16). f16 converts through the compiler's _Float16 (IEEE binary16: exact
-// widening, round to nearest even narrowing).
+// f16; runtime/core/dtype.h converts, as the cast kernels do).
 float* GlooOps::widen(const Buffer& b, size_t first, size_t n) {
   scratch_f32_.resize(n);
   if (b.dtype == DType::f32) {
     std::copy_n(static_cast<const float*>(b.data) + first, n, scratch_f32_.data());
-  } else if (b.dtype == DType::f16) {
-    std::copy_n(static_cast<const _Float16*>(b.data) + first, n, scratch_f32_.data());
-  } else {
-    const uint16_t* src = static_cast<const uint16_t*>(b.data) + first;
-    for (size_t i = 0; i < n; i++) scratch_f32_[i] = bf16_to_f32(src[i]);
+    return scratch_f32_.data();
   }
+  const uint16_t* src = static_cast<const uint16_t*>(b.data) + first;
+  bool f16 = b.dtype == DType::f16;
+  for (size_t i = 0; i < n; i++) scratch_f32_[i] = f16 ? f16_to_f32(src[i]) : bf16_to_f32(src[i]);
   return scratch_f32_.data();
 }
 
 void GlooOps::narrow(const float* wide, const Buffer& b, size_t first, size_t n) {
   if (b.dtype == DType::f32) {
     std::copy_n(wide, n, static_cast<float*>(b.data) + first);
-  } else if (b.dtype == DType::f16) {
-    std::copy_n(wide, n, static_cast<_Float16*>(b.data) + first);
-  } else {
-    uint16_t* dst = static_cast<uint16_t*>(b.data) + first;
-    for (size_t i = 0; i < n; i++) dst[i] = f32_to_bf16(wide[i]);
+    return;
   }
+  uint16_t* dst = static_cast<uint16_t*>(b.data) + first;
+  bool f16 = b.dtype == DType::f16;
+  for (size_t i = 0; i < n; i++) dst[i] = f16 ? f32_to_f16(wide[i]) : f32_to_bf16(wide[i]);
 }
 
 }  // namespace tandem::collectives::detail
