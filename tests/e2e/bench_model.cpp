@@ -17,21 +17,25 @@ namespace fs = std::filesystem;
 
 namespace {
 
-ShellResult run(const std::string& args) { return run_shell(tandem_binary() + " " + args + " 2>&1"); }
-
-const char* kTinySteps = "bench model --model gpt2-tiny --device cpu --steps 2 --warmup 1 --batch-size 2 --seq-len 32";
-
-}  // namespace
-
-TEST_CASE("tandem bench model times GPT-2 training steps and writes JSON", "[e2e][bench]") {
+// `tandem ARGS --json FILE`: it must succeed; the report it wrote.
+nlohmann::json bench_report(const std::string& args) {
   fs::path json = fs::temp_directory_path() / fmt::format("tandem_bench_model_{}.json", fresh_seed());
-  ShellResult r = run(fmt::format("{} --json {}", kTinySteps, json.string()));
+  ShellResult r = run_tandem(fmt::format("{} --json {}", args, json.string()));
   INFO(r.output);
   REQUIRE(r.exit_code == 0);
   std::ifstream in(json);
   nlohmann::json j = nlohmann::json::parse(in, nullptr, false);
   fs::remove(json);
   REQUIRE(j.is_object());
+  return j;
+}
+
+const char* kTinySteps = "bench model --model gpt2-tiny --device cpu --steps 2 --warmup 1 --batch-size 2 --seq-len 32";
+
+}  // namespace
+
+TEST_CASE("tandem bench model times GPT-2 training steps and writes JSON", "[e2e][bench]") {
+  nlohmann::json j = bench_report(kTinySteps);
 
   models::Gpt2Config tiny = bench::gpt2_preset("gpt2-tiny");
   REQUIRE(j["model"] == "gpt2-tiny");
@@ -55,23 +59,23 @@ TEST_CASE("tandem bench model times GPT-2 training steps and writes JSON", "[e2e
 }
 
 TEST_CASE("tandem bench model: bad choices are clear errors", "[e2e][bench]") {
-  ShellResult unknown = run("bench model --model gpt2-xxl --device cpu");
+  ShellResult unknown = run_tandem("bench model --model gpt2-xxl --device cpu");
   INFO(unknown.output);
   REQUIRE(unknown.exit_code == 2);
   REQUIRE(unknown.output.find("unknown model 'gpt2-xxl'") != std::string::npos);
   REQUIRE(unknown.output.find("gpt2-tiny") != std::string::npos);
 
-  ShellResult too_long = run("bench model --model gpt2-tiny --device cpu --seq-len 4096");
+  ShellResult too_long = run_tandem("bench model --model gpt2-tiny --device cpu --seq-len 4096");
   INFO(too_long.output);
   REQUIRE(too_long.exit_code == 2);
   REQUIRE(too_long.output.find("--seq-len 4096 is longer than gpt2-tiny's n_positions 128") != std::string::npos);
 
-  ShellResult seq = run("bench model --model cnn --device cpu --seq-len 8");
+  ShellResult seq = run_tandem("bench model --model cnn --device cpu --seq-len 8");
   INFO(seq.output);
   REQUIRE(seq.exit_code == 2);
   REQUIRE(seq.output.find("--seq-len is for the token models") != std::string::npos);
 
-  ShellResult bf16 = run("bench model --model gpt2-tiny --device cpu --dtype bf16");
+  ShellResult bf16 = run_tandem("bench model --model gpt2-tiny --device cpu --dtype bf16");
   INFO(bf16.output);
   REQUIRE(bf16.exit_code == 2);
   REQUIRE(bf16.output.find("needs a CUDA device") != std::string::npos);
@@ -107,15 +111,8 @@ TEST_CASE("tandem bench model times the cnn, the resnet and the lstm", "[e2e][be
                         Case{"resnet", "images_per_s", "flops_per_image", 6 * resnet, std::log(10.0), resnet_params},
                         Case{"lstm", "tokens_per_s", "flops_per_token", 6 * lstm, std::log(256.0), lstm_params}}) {
     INFO(c.model);
-    fs::path json = fs::temp_directory_path() / fmt::format("tandem_bench_{}_{}.json", c.model, fresh_seed());
-    ShellResult r = run(fmt::format("bench model --model {} --device cpu --steps 2 --warmup 1 --batch-size 8 --json {}",
-                                    c.model, json.string()));
-    INFO(r.output);
-    REQUIRE(r.exit_code == 0);
-    std::ifstream in(json);
-    nlohmann::json j = nlohmann::json::parse(in, nullptr, false);
-    fs::remove(json);
-    REQUIRE(j.is_object());
+    nlohmann::json j =
+        bench_report(fmt::format("bench model --model {} --device cpu --steps 2 --warmup 1 --batch-size 8", c.model));
     REQUIRE(j["model"] == c.model);
     REQUIRE(j["batch_size"] == 8);
     REQUIRE(j[c.rate].get<double>() > 0);

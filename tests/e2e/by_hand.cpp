@@ -93,8 +93,7 @@ TEST_CASE("2 ranks started by hand train like one process with twice the batch, 
 }
 
 TEST_CASE("a rank started by hand with a wrong or no job token is refused with one clear line", "[e2e][by_hand]") {
-  fs::path dir = fs::temp_directory_path() / fmt::format("tandem_by_hand_token_{}", fresh_seed());
-  fs::create_directories(dir);
+  fs::path dir = temp_dir("by_hand_token");
   int port = free_port();
   // Rank 0 gives up on the missing rank after comm_timeout.
   BackgroundProcess rank0(by_hand(0, port, "right-token") + " train --config " + config() +

@@ -261,8 +261,7 @@ TEST_CASE("launch reports a worker killed by a signal as 128 + signal", "[e2e][l
 
 TEST_CASE("a worker that ignores SIGTERM is killed --stop-grace after another fails", "[e2e][launch]") {
   constexpr double kGrace = 1;  // s
-  fs::path dir = fs::temp_directory_path() / fmt::format("tandem_grace_{}", fresh_seed());
-  fs::create_directories(dir);
+  fs::path dir = temp_dir("grace");
   Run r = run(launch(fmt::format("--nproc-per-node 2 --master-port 0 --stop-grace {} -- {}", kGrace,
                                  ignores_sigterm_workers(dir))) +
               " 2>&1");
@@ -288,8 +287,7 @@ TEST_CASE("a worker that ignores SIGTERM is killed --stop-grace after another fa
 TEST_CASE("with --max-restarts 1 each attempt waits --stop-grace; the job ends with the first failure",
           "[e2e][launch]") {
   constexpr double kGrace = 1;  // s
-  fs::path dir = fs::temp_directory_path() / fmt::format("tandem_grace_{}", fresh_seed());
-  fs::create_directories(dir);
+  fs::path dir = temp_dir("grace");
   Run r = run(launch(fmt::format("--nproc-per-node 2 --master-port 0 --max-restarts 1 --stop_grace {} -- {}", kGrace,
                                  ignores_sigterm_workers(dir))) +
               " 2>&1");
