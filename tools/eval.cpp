@@ -14,6 +14,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <memory>
+#include <optional>
 
 #include "models/gpt2/hf_checkpoint.h"
 #include "models/lstm/lstm.h"
@@ -112,12 +113,13 @@ void load_lstm(Loaded& l, const std::string& step_dir, const StepConfig& config)
   l.context = config.table["seq_len"].value_or(int64_t{64});  // what it was trained on
 }
 
-// The language model in `dir` (a step or Hugging Face directory).
-Loaded load(const ModelArgs& args, const std::string& dir) {
+// The language model in `dir` (a step or Hugging Face directory); `config`:
+// a step directory's, when the caller has read it already.
+Loaded load(const ModelArgs& args, const std::string& dir, const std::optional<StepConfig>& config = std::nullopt) {
   Loaded l;
   l.ctx = eval_context(args);
   if (!fs::exists(fs::path(dir) / "config.json")) {
-    load_lstm(l, dir, step_config(dir));
+    load_lstm(l, dir, config ? *config : step_config(dir));
     return l;
   }
   l.gpt2 = models::load_gpt2(dir, l.ctx.device, l.ctx.dtype);
@@ -156,15 +158,16 @@ void run_image_eval(const EvalArgs& args, const std::string& step_dir, const Ste
 
 void run_eval(const EvalArgs& args) {
   std::string dir = model_dir(args.checkpoint);
+  std::optional<StepConfig> config;  // a tandem step directory's; none for a Hugging Face directory
   if (!fs::exists(fs::path(dir) / "config.json")) {
-    StepConfig config = step_config(dir);
-    if (is_image_model(config.model)) return run_image_eval(args, dir, config);
+    config = step_config(dir);
+    if (is_image_model(config->model)) return run_image_eval(args, dir, *config);
   }
   if (args.data.empty())
     throw UserError(fmt::format("--data is required for the language model in {}: token file(s), e.g. "
                                 "data/fortunes_val.bin",
                                 dir));
-  Loaded l = load(args, dir);
+  Loaded l = load(args, dir, config);
   int64_t B = args.batch_size > 0 ? args.batch_size : 4;
   int64_t T = args.seq_len > 0 ? args.seq_len : l.context;
   if (l.gpt2 && T > l.context)
