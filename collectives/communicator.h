@@ -49,20 +49,27 @@ struct Buffer {
   size_t bytes() const { return static_cast<size_t>(count) * dtype_size(dtype); }
 };
 
-// A collective that did not complete in time. The message names the
-// collective, its sequence number in the group, its size in bytes and the
-// ranks that had not issued it.
-class CollectiveTimeout : public std::runtime_error {
+// A collective that failed for a cause outside this process (a peer, the
+// network): not a bug here. The message names the collective.
+class CollectiveError : public std::runtime_error {
  public:
   using std::runtime_error::runtime_error;
 };
 
-// A collective that failed because a peer closed or reset its connection:
-// its process died, or its host became unreachable. Not a bug here: the
-// message names the collective, and the launcher names the peer that failed.
-class PeerLost : public std::runtime_error {
+// A collective that did not complete in time. The message names the
+// collective, its sequence number in the group, its size in bytes and the
+// ranks that had not issued it.
+class CollectiveTimeout : public CollectiveError {
  public:
-  using std::runtime_error::runtime_error;
+  using CollectiveError::CollectiveError;
+};
+
+// A collective that failed because a peer closed or reset its connection:
+// its process died, or its host became unreachable; the launcher names the
+// peer that failed.
+class PeerLost : public CollectiveError {
+ public:
+  using CollectiveError::CollectiveError;
 };
 
 class Work {

@@ -36,10 +36,7 @@ int main(int argc, char** argv) {
   } catch (const tandem::UserError& e) {
     std::fprintf(stderr, "tandem: error: %s\n", e.what());
     return 2;
-  } catch (const tandem::collectives::PeerLost& e) {  // another rank or host failed: not a bug here
-    std::fprintf(stderr, "tandem: error: %s\n", e.what());
-    return 1;
-  } catch (const tandem::collectives::CollectiveTimeout& e) {
+  } catch (const tandem::collectives::CollectiveError& e) {  // another rank or host failed: not a bug here
     std::fprintf(stderr, "tandem: error: %s\n", e.what());
     return 1;
   } catch (const std::bad_alloc&) {
